@@ -1,0 +1,93 @@
+"""A trained model ready for inference: architecture spec + variables -> logits and labels.
+
+``Classifier.logits_fn`` is a pure function x[N,H,W,C] in [0,1] -> logits[N,K] that closes over
+the variables, so when it is traced inside another ``jax.jit`` (smoothing, attacks) the weights
+become compile-time constants (measured ~1.5x faster on CPU than passing them as arguments).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsjax.errors import InputError
+from rsjax.models import get_model_spec
+from rsjax.models.registry import ModelSpec
+
+
+@dataclass(frozen=True, eq=False)
+class Classifier:
+    """Inference wrapper of (spec, variables); ``metadata`` is what the checkpoint recorded."""
+
+    spec: ModelSpec
+    variables: Mapping[str, Any]
+    metadata: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_arch(cls, arch: str, variables: Mapping[str, Any], metadata=None) -> "Classifier":
+        return cls(get_model_spec(arch), variables, metadata)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, arch: str | None = None) -> "Classifier":
+        """Load a checkpoint written by :func:`rsjax.checkpoints.save_checkpoint`."""
+        from rsjax.checkpoints import load_checkpoint
+
+        variables, metadata = load_checkpoint(path, arch=arch)
+        return cls(get_model_spec(metadata["arch"]), variables, metadata)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.spec.input_shape
+
+    @cached_property
+    def _module(self):
+        return self.spec.build()
+
+    @cached_property
+    def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
+        """Pure x -> logits (inference mode) with the variables closed over as constants."""
+        module, variables = self._module, self.variables
+
+        def logits(x: jax.Array) -> jax.Array:
+            return module.apply(variables, x, train=False)
+
+        return logits
+
+    @cached_property
+    def _jit_logits(self):
+        return jax.jit(self.logits_fn)
+
+    def check_input(self, x: np.ndarray | jax.Array) -> None:
+        """Raise InputError unless x is [N, H, W, C] of this model's input shape."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise InputError(
+                f"{self.spec.name} expects images of shape [N, {', '.join(map(str, self.input_shape))}]"
+                f" (NHWC in [0,1]), got {tuple(x.shape)}"
+            )
+
+    def logits(self, x, batch_size: int = 1024) -> np.ndarray:
+        """Logits of x (NHWC in [0,1]) in fixed-size padded batches (one compiled program)."""
+        x = np.asarray(x, np.float32)
+        self.check_input(x)
+        out = []
+        for start in range(0, len(x), batch_size):
+            chunk = x[start : start + batch_size]
+            m = len(chunk)
+            if m < batch_size and len(x) > batch_size:
+                chunk = np.concatenate([chunk, np.zeros((batch_size - m, *chunk.shape[1:]), chunk.dtype)])
+            out.append(np.asarray(self._jit_logits(jnp.asarray(chunk)))[:m])
+        if not out:
+            return np.zeros((0, self.num_classes), np.float32)
+        return np.concatenate(out)
+
+    def predict(self, x, batch_size: int = 1024) -> np.ndarray:
+        """Top-1 labels of x (ties -> lowest class index, as argmax)."""
+        return self.logits(x, batch_size).argmax(-1)

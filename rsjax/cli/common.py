@@ -1,0 +1,35 @@
+"""Helpers shared by the subcommands."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def _default(o: Any):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o)}")
+
+
+def emit_json(obj: dict) -> None:
+    """Print one JSON object on stdout (the only thing a ``--json`` run writes there)."""
+    sys.stdout.write(json.dumps(obj, default=_default) + "\n")
+    sys.stdout.flush()
+
+
+def log(*parts: Any) -> None:
+    """Human-readable progress on stderr."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def add_data_args(p, default_limit=None) -> None:
+    p.add_argument("--data", required=True, help="dataset spec: fashion-mnist[:train|test], npz:PATH, imagefolder:DIR")
+    p.add_argument("--data-dir", default=None, help="directory of the Fashion-MNIST IDX files")
+    p.add_argument("--limit", type=int, default=default_limit, help="use only the first K images")

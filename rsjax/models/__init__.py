@@ -1,0 +1,7 @@
+"""Model zoo. Importing this package registers every architecture."""
+from rsjax.models.registry import ModelSpec, Normalize, get_model_spec, list_models, register_model
+from rsjax.models import small  # noqa: F401  (registers fmnist_mlp, fmnist_cnn)
+
+DEFAULT_ARCH = {"fashion-mnist": "fmnist_mlp", "cifar10": "cifar_resnet20", "imagenet": "resnet50"}
+
+__all__ = ["ModelSpec", "Normalize", "get_model_spec", "list_models", "register_model", "DEFAULT_ARCH"]
