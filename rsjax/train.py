@@ -1,0 +1,532 @@
+"""Training with optax: standard, Gaussian-noise (RandTrain) and L2-PGD adversarial (AdvTrain).
+
+Every recipe minimizes the mean softmax cross-entropy ``CE(f(x'), y)`` over minibatches, where the
+training input ``x'`` depends on the recipe:
+
+* ``standard``: ``x' = x``.
+* ``gaussian`` (RandTrain, Cohen et al. 2019 Sec. 3.1): ``x' = x + sigma * N(0, I)``, a fresh draw
+  on every batch, in [0,1] pixel space *before* the model's normalization, not clipped.
+* ``pgd`` (AdvTrain, Madry et al. 2018): ``x' = PGD_L2(x; eps, steps, step_size)``, the inner
+  maximization of ``max_{||d||_2 <= eps, x+d in [0,1]^d} CE(f(x+d), y)`` approximated by
+  projected gradient ascent from a random start in the ball (see :func:`pgd_l2`). Defaults
+  ``eps = 1.0``, ``steps = 7``, ``step_size = 2.5 * eps / steps`` (Madry's rule of thumb).
+
+Determinism: one ``seed``. Initial weights use ``fold_in(key(seed), 0)``; the shuffling of epoch e
+uses ``numpy.random.default_rng((seed, e))``; the randomness of global step t (noise, PGD start,
+augmentation) uses ``fold_in(fold_in(key(seed), 1), t)``. Training drops the last incomplete batch
+(one static batch shape, one compiled step); evaluation pads the last batch.
+
+Checkpoints (see :mod:`rsjax.checkpoints`) are written after every epoch: ``out`` holds the latest
+epoch and ``<out-stem>.best<suffix>`` the epoch of best held-out accuracy. Their metadata records
+arch, dataset, recipe and its settings, optimizer settings, epochs, seed, test accuracy and the
+per-epoch history.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from rsjax._version import __version__
+from rsjax.data import Dataset
+from rsjax.errors import InputError, check_int_at_least, check_positive
+from rsjax.models import get_model_spec
+from rsjax.models.registry import ModelSpec
+
+RECIPES = ("standard", "gaussian", "pgd")
+OPTIMIZERS = ("adam", "sgd")
+AUGMENTATIONS = ("none", "flip", "flip-crop")
+
+#: Fallbacks when neither the caller nor the architecture's ``defaults["train"]`` sets a value.
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 128,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    "warmup_epochs": 0.0,
+    "augment": "none",
+}
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how. ``None`` fields take the architecture's defaults
+    (``ModelSpec.defaults["train"]``), then :data:`GLOBAL_DEFAULTS`; see :func:`resolve_config`."""
+
+    arch: str
+    recipe: str = "standard"
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    learning_rate: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    augment: str | None = None
+    sigma: float = 0.5
+    eps: float = 1.0
+    pgd_steps: int = 7
+    pgd_step_size: float | None = None
+    seed: int = 0
+    eval_batch_size: int = 1000
+
+    def recipe_settings(self) -> dict:
+        """The settings that define the recipe (recorded in the checkpoint)."""
+        if self.recipe == "gaussian":
+            return {"sigma": self.sigma}
+        if self.recipe == "pgd":
+            return {"eps": self.eps, "pgd_steps": self.pgd_steps, "pgd_step_size": self.pgd_step_size,
+                    "pgd_random_start": True}
+        return {}
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """Fill ``None`` fields from the architecture's training defaults, then the global ones,
+    and validate every value (InputError naming the bad one)."""
+    spec = get_model_spec(config.arch)
+    arch_defaults = dict(spec.defaults.get("train", {}))
+    updates = {}
+    for name, fallback in GLOBAL_DEFAULTS.items():
+        if getattr(config, name) is None:
+            updates[name] = arch_defaults.get(name, fallback)
+    config = dataclasses.replace(config, **updates)
+    if config.recipe not in RECIPES:
+        raise InputError(f"unknown training recipe {config.recipe!r}; known: {', '.join(RECIPES)}")
+    if config.optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer {config.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    if config.augment not in AUGMENTATIONS:
+        raise InputError(f"unknown augmentation {config.augment!r}; known: {', '.join(AUGMENTATIONS)}")
+    check_int_at_least("epochs", config.epochs, 1)
+    check_int_at_least("batch_size", config.batch_size, 1)
+    check_int_at_least("eval_batch_size", config.eval_batch_size, 1)
+    check_int_at_least("seed", config.seed, 0)
+    check_positive("learning_rate", config.learning_rate)
+    if not (isinstance(config.weight_decay, (int, float)) and config.weight_decay >= 0):
+        raise InputError(f"weight_decay must be a number >= 0, got {config.weight_decay!r}")
+    if not (isinstance(config.warmup_epochs, (int, float)) and 0 <= config.warmup_epochs < config.epochs):
+        raise InputError(f"warmup_epochs must lie in [0, epochs), got {config.warmup_epochs!r}")
+    if config.recipe == "gaussian":
+        check_positive("sigma", config.sigma)
+    if config.recipe == "pgd":
+        check_positive("eps", config.eps)
+        check_int_at_least("pgd_steps", config.pgd_steps, 1)
+        step = config.pgd_step_size
+        if step is None:
+            config = dataclasses.replace(config, pgd_step_size=2.5 * config.eps / config.pgd_steps)
+        else:
+            check_positive("pgd_step_size", step)
+    return config
+
+
+# ----------------------------------------------------------------------------- PGD in L2
+
+
+def _l2_norms(x: jax.Array) -> jax.Array:
+    """Per-example L2 norm, shaped [N, 1, 1, 1] for broadcasting."""
+    return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)), keepdims=True))
+
+
+def project_l2_ball(delta: jax.Array, eps: float) -> jax.Array:
+    """Projection onto the L2 ball: ``delta * min(1, eps / ||delta||_2)`` per example."""
+    norms = _l2_norms(delta)
+    return delta * jnp.minimum(1.0, eps / jnp.maximum(norms, 1e-12))
+
+
+def pgd_l2(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    eps: float,
+    steps: int,
+    step_size: float,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """Untargeted L2 PGD (Madry et al. 2018) in [0,1] pixel space.
+
+    ``delta_0`` = 0, or uniform in the eps-ball when ``key`` is given (direction uniform on the
+    sphere, radius ``eps * U^(1/d)``). Then ``steps`` times:
+    ``g = grad_delta sum CE(f(x + delta), y)``,
+    ``delta <- Proj_{||.||<=eps}(delta + step_size * g / ||g||_2)``,
+    ``delta <- clip(x + delta, 0, 1) - x``. Returns ``x + delta`` (stops gradients).
+    """
+    x = jax.lax.stop_gradient(x)
+    if key is None:
+        delta = jnp.zeros_like(x)
+    else:
+        k_dir, k_rad = jax.random.split(key)
+        direction = jax.random.normal(k_dir, x.shape, x.dtype)
+        direction = direction / jnp.maximum(_l2_norms(direction), 1e-12)
+        d = math.prod(x.shape[1:])
+        radius = eps * jax.random.uniform(k_rad, (x.shape[0], 1, 1, 1), x.dtype) ** (1.0 / d)
+        delta = jnp.clip(x + direction * radius, 0.0, 1.0) - x
+
+    def total_loss(delta):
+        logits = logits_fn(x + delta)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+
+    def step(delta, _):
+        g = jax.grad(total_loss)(delta)
+        g = g / jnp.maximum(_l2_norms(g), 1e-12)
+        delta = project_l2_ball(delta + step_size * g, eps)
+        delta = jnp.clip(x + delta, 0.0, 1.0) - x
+        return delta, None
+
+    delta, _ = jax.lax.scan(step, delta, None, length=steps)
+    return jax.lax.stop_gradient(x + delta)
+
+
+# ----------------------------------------------------------------------------- state and steps
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training (a pytree, passed through the jitted step)."""
+
+    params: Any
+    batch_stats: Any  # {} for models without BatchNorm
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam(W) or SGD with Nesterov momentum 0.9 (weight decay added to the gradient), learning
+    rate ``lr * warmup_then_cosine(t)``: linear warm-up over ``warmup_epochs``, then cosine decay
+    to 0 at the last step."""
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if warmup > 0:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total)
+    else:
+        schedule = optax.cosine_decay_schedule(config.learning_rate, total)
+    if config.optimizer == "adam":
+        if config.weight_decay > 0:
+            return optax.adamw(schedule, weight_decay=config.weight_decay)
+        return optax.adam(schedule)
+    parts = []
+    if config.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(config.weight_decay))
+    parts.append(optax.sgd(schedule, momentum=0.9, nesterov=True))
+    return optax.chain(*parts)
+
+
+def augment_batch(x: jax.Array, key: jax.Array, mode: str) -> jax.Array:
+    """``flip``: each image mirrored left-right with probability 1/2; ``flip-crop``: also shifted
+    by up to 2 pixels (zero padding 2, random 28x28 / 32x32 crop), the usual CIFAR augmentation."""
+    if mode == "none":
+        return x
+    k_flip, k_crop = jax.random.split(key)
+    flip = jax.random.bernoulli(k_flip, 0.5, (x.shape[0], 1, 1, 1))
+    x = jnp.where(flip, x[:, :, ::-1, :], x)
+    if mode == "flip-crop":
+        pad = 2
+        h, w = x.shape[1], x.shape[2]
+        padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        offsets = jax.random.randint(k_crop, (x.shape[0], 2), 0, 2 * pad + 1)
+        x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, im.shape[-1])))(
+            padded, offsets)
+    return x
+
+
+def _split_variables(variables: Mapping[str, Any]) -> tuple[Any, Any]:
+    return variables["params"], variables.get("batch_stats", {})
+
+
+def _join_variables(params: Any, batch_stats: Any) -> dict:
+    if batch_stats:
+        return {"params": params, "batch_stats": batch_stats}
+    return {"params": params}
+
+
+def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, config: TrainConfig):
+    """The jitted ``(state, x, y, key) -> (state, metrics)`` of ``config.recipe``.
+
+    BatchNorm models (``batch_stats``) run in training mode and carry the updated running
+    statistics; the PGD inner loop also uses batch statistics but discards their update."""
+    module = spec.build()
+    has_bn = spec.has_batch_stats
+
+    def forward_train(params, batch_stats, x):
+        variables = _join_variables(params, batch_stats)
+        if has_bn:
+            logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+            return logits, updates["batch_stats"]
+        return module.apply(variables, x, train=True), batch_stats
+
+    def train_step(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
+        k_aug, k_noise = jax.random.split(key)
+        x = augment_batch(x, k_aug, config.augment)
+        if config.recipe == "gaussian":
+            x = x + config.sigma * jax.random.normal(k_noise, x.shape, x.dtype)
+        elif config.recipe == "pgd":
+            attack_logits = lambda z: forward_train(state.params, state.batch_stats, z)[0]  # noqa: E731
+            x = pgd_l2(attack_logits, x, y, config.eps, config.pgd_steps, config.pgd_step_size, k_noise)
+
+        def loss_fn(params):
+            logits, new_stats = forward_train(params, state.batch_stats, x)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (logits, new_stats)
+
+        (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+        return TrainState(params, new_stats, opt_state, state.step + 1), metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def make_predict_fn(spec: ModelSpec) -> Callable:
+    """Jitted ``(variables, x) -> argmax labels`` in inference mode; variables are arguments so
+    one compiled program serves every epoch."""
+    module = spec.build()
+    return jax.jit(lambda variables, x: jnp.argmax(module.apply(variables, x, train=False), -1))
+
+
+def _padded_batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield start, min(n, start + batch_size)
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+    if len(a) == size:
+        return a
+    return np.concatenate([a, np.zeros((size - len(a), *a.shape[1:]), a.dtype)])
+
+
+def evaluate_accuracy(
+    spec: ModelSpec,
+    variables: Mapping[str, Any],
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 1000,
+    noise_sigma: float | None = None,
+    seed: int = 0,
+    predict_fn: Callable | None = None,
+) -> float:
+    """Top-1 accuracy of the model on ``images`` (optionally plus ``noise_sigma * N(0, I)``, one
+    draw per image from ``fold_in(key(seed), image index)``, not clipped). Batches are padded to
+    ``batch_size`` so one program is compiled."""
+    predict_fn = predict_fn or make_predict_fn(spec)
+    batch_size = min(batch_size, len(images))
+    root = jax.random.PRNGKey(seed)
+    correct = 0
+    for start, stop in _padded_batches(len(images), batch_size):
+        x = _pad(np.asarray(images[start:stop], np.float32), batch_size)
+        if noise_sigma is not None:
+            x = x + noise_sigma * _noise_for(root, start, x.shape)
+        pred = np.asarray(predict_fn(variables, jnp.asarray(x)))[: stop - start]
+        correct += int(np.sum(pred == labels[start:stop]))
+    return correct / len(images)
+
+
+@partial(jax.jit, static_argnums=(2,))
+def _noise_batch(root: jax.Array, start: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    ids = start + jnp.arange(shape[0])
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(root, i), shape[1:]))(ids)
+
+
+def _noise_for(root, start: int, shape) -> np.ndarray:
+    return np.asarray(_noise_batch(root, jnp.asarray(start, jnp.uint32), tuple(shape)))
+
+
+def pgd_robust_accuracy(
+    spec: ModelSpec,
+    variables: Mapping[str, Any],
+    images: np.ndarray,
+    labels: np.ndarray,
+    eps: float = 1.0,
+    steps: int = 20,
+    step_size: float | None = None,
+    batch_size: int = 500,
+) -> float:
+    """Accuracy under a ``steps``-step L2 PGD of radius ``eps`` (no random start, step size
+    ``2.5 * eps / steps`` unless given), the model in inference mode. A point counts as robust when
+    both the clean image and the PGD output are classified correctly."""
+    module = spec.build()
+    step_size = 2.5 * eps / steps if step_size is None else step_size
+
+    @jax.jit
+    def robust(variables, x, y):
+        logits_fn = lambda z: module.apply(variables, z, train=False)  # noqa: E731
+        x_adv = pgd_l2(logits_fn, x, y, eps, steps, step_size, key=None)
+        clean_ok = jnp.argmax(logits_fn(x), -1) == y
+        adv_ok = jnp.argmax(logits_fn(x_adv), -1) == y
+        return clean_ok & adv_ok
+
+    batch_size = min(batch_size, len(images))
+    ok = 0
+    for start, stop in _padded_batches(len(images), batch_size):
+        x = _pad(np.asarray(images[start:stop], np.float32), batch_size)
+        y = _pad(np.asarray(labels[start:stop], np.int32), batch_size)
+        ok += int(np.sum(np.asarray(robust(variables, jnp.asarray(x), jnp.asarray(y)))[: stop - start]))
+    return ok / len(images)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    """Trained variables, the metadata written to the checkpoint, and where it was written."""
+
+    variables: dict
+    metadata: dict
+    checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+
+
+def best_checkpoint_path(out: str | Path) -> Path:
+    """``model.ckpt`` -> ``model.best.ckpt`` (the epoch of best held-out accuracy)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.best{out.suffix}")
+
+
+def _check_data(spec: ModelSpec, data: Dataset, role: str) -> None:
+    if tuple(data.image_shape) != tuple(spec.input_shape):
+        raise InputError(
+            f"{role} data {data.spec!r} has images of shape {data.image_shape}, architecture "
+            f"{spec.name!r} needs {spec.input_shape}")
+    if data.labels.max(initial=0) >= spec.num_classes:
+        raise InputError(f"{role} data {data.spec!r} has label {int(data.labels.max())} but architecture "
+                         f"{spec.name!r} has {spec.num_classes} classes")
+
+
+def train(
+    config: TrainConfig,
+    train_data: Dataset,
+    eval_data: Dataset | None = None,
+    out: str | Path | None = None,
+    init_variables: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train ``config.arch`` on ``train_data`` with ``config.recipe``; evaluate on ``eval_data``
+    after each epoch and write checkpoints to ``out`` (see module docstring). ``init_variables``
+    starts from given weights (fine-tuning) instead of a fresh initialization."""
+    from rsjax.checkpoints import save_checkpoint
+
+    config = resolve_config(config)
+    spec = get_model_spec(config.arch)
+    _check_data(spec, train_data, "training")
+    if eval_data is not None:
+        _check_data(spec, eval_data, "evaluation")
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    n = len(train_data)
+    batch_size = min(config.batch_size, n)
+    if batch_size != config.batch_size:
+        config = dataclasses.replace(config, batch_size=batch_size)
+    steps_per_epoch = n // batch_size
+
+    root = jax.random.PRNGKey(config.seed)
+    variables = dict(init_variables) if init_variables is not None else spec.init(jax.random.fold_in(root, 0))
+    params, batch_stats = _split_variables(variables)
+    tx = make_optimizer(config, steps_per_epoch)
+    state = TrainState(params, batch_stats, tx.init(params), jnp.zeros((), jnp.int32))
+    train_step = make_train_step(spec, tx, config)
+    predict_fn = make_predict_fn(spec)
+    step_root = jax.random.fold_in(root, 1)
+
+    images, labels = train_data.images, train_data.labels.astype(np.int32)
+    metadata: dict[str, Any] = {
+        "arch": config.arch,
+        "dataset": train_data.spec,
+        "eval_dataset": eval_data.spec if eval_data is not None else None,
+        "n_train": n,
+        "recipe": config.recipe,
+        "recipe_settings": config.recipe_settings(),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "optimizer": config.optimizer,
+        "learning_rate": config.learning_rate,
+        "weight_decay": config.weight_decay,
+        "warmup_epochs": config.warmup_epochs,
+        "augment": config.augment,
+        "seed": config.seed,
+        "init": "checkpoint" if init_variables is not None else "random",
+        "rsjax_version": __version__,
+        "jax_version": jax.__version__,
+        "history": [],
+    }
+    best_accuracy = -1.0
+    out_path = Path(out) if out is not None else None
+    best_path = best_checkpoint_path(out_path) if out_path is not None else None
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        order = np.random.default_rng((config.seed, epoch)).permutation(n)
+        sums = {"loss": 0.0, "accuracy": 0.0}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", file=sys.stderr,
+                   disable=not progress, leave=False, mininterval=1.0)
+        pending = []
+        for i in bar:
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            key = jax.random.fold_in(step_root, epoch * steps_per_epoch + i)
+            state, metrics = train_step(state, jnp.asarray(images[idx]), jnp.asarray(labels[idx]), key)
+            pending.append(metrics)
+            if len(pending) >= 50 or i == steps_per_epoch - 1:
+                for m in jax.device_get(pending):
+                    sums["loss"] += float(m["loss"])
+                    sums["accuracy"] += float(m["accuracy"])
+                pending = []
+                bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.3f}")
+        bar.close()
+        variables = _join_variables(state.params, state.batch_stats)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": sums["loss"] / steps_per_epoch,
+            "train_accuracy": sums["accuracy"] / steps_per_epoch,
+            "seconds": time.perf_counter() - started,
+        }
+        message = (f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
+                   f"train acc {record['train_accuracy']:.4f}")
+        if eval_data is not None:
+            accuracy = evaluate_accuracy(spec, variables, eval_data.images, eval_data.labels,
+                                         config.eval_batch_size, predict_fn=predict_fn)
+            record["test_accuracy"] = accuracy
+            message += f", test acc {accuracy:.4f}"
+            if config.recipe == "gaussian":
+                noisy = evaluate_accuracy(spec, variables, eval_data.images, eval_data.labels,
+                                          config.eval_batch_size, noise_sigma=config.sigma,
+                                          seed=config.seed, predict_fn=predict_fn)
+                record["test_accuracy_noisy"] = noisy
+                message += f", test acc under N(0,{config.sigma}^2) {noisy:.4f}"
+        log(message + f" [{record['seconds']:.0f} s]")
+        metadata["history"].append(record)
+        metadata["epochs_done"] = epoch + 1
+        metadata["train_seconds"] = record["seconds"]
+        for key_name in ("test_accuracy", "test_accuracy_noisy"):
+            if key_name in record:
+                metadata[key_name] = record[key_name]
+        host_variables = jax.device_get(variables)
+        if out_path is not None:
+            save_checkpoint(out_path, config.arch, host_variables, metadata)
+            current = record.get("test_accuracy", -record["train_loss"])
+            if current > best_accuracy:
+                best_accuracy = current
+                save_checkpoint(best_path, config.arch, host_variables, {**metadata, "best_epoch": epoch + 1})
+
+    variables = jax.device_get(_join_variables(state.params, state.batch_stats))
+    if config.recipe == "pgd" and eval_data is not None:
+        k = min(1000, len(eval_data))
+        robust = pgd_robust_accuracy(spec, variables, eval_data.images[:k], eval_data.labels[:k],
+                                     eps=config.eps, steps=20)
+        metadata["test_robust_accuracy"] = {"eps": config.eps, "pgd_steps": 20, "n_images": k,
+                                            "accuracy": robust}
+        log(f"robust accuracy (20-step PGD-L2, eps={config.eps}, first {k} test images): {robust:.4f}")
+        if out_path is not None:
+            save_checkpoint(out_path, config.arch, variables, metadata)
+    return TrainResult(variables, metadata, out_path, best_path if out_path is not None else None)
