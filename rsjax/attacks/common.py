@@ -12,6 +12,8 @@ over a batch of B images (every array has a leading image axis):
   the clean image). It must set ``core.found`` / ``core.best_*`` (use :func:`update_best`) and
   return the attack's own state ``extra`` (any PyTree of arrays with leading axis B, typically
   a NamedTuple). An image whose start search fails keeps ``found`` False (status 'no_start').
+  (An attack whose steps find the start themselves, like RayS, sets the class attribute
+  ``start_in_init = False``; its ``init`` only builds ``extra``.)
 * ``step(oracle, env, core, extra, active) -> (core, extra)`` — one iteration for the images
   with ``active`` True; inactive rows must be left unchanged (all queries go through
   :func:`query` / :func:`query_one` with a mask that includes ``active``).
@@ -350,6 +352,9 @@ class DecisionAttack:
     name: str = "attack"
     metric: str = "l2"
     Config: type = None  # type: ignore[assignment]
+    #: True when ``init`` finds the starting point (an image without one after ``init`` is
+    #: 'no_start'); False when steps search for it (RayS): then only the budget ends the search.
+    start_in_init: bool = True
 
     def __init__(self, **overrides: Any):
         fields = {f.name for f in dataclasses.fields(self.Config)}
@@ -385,7 +390,8 @@ class DecisionAttack:
         active = env.valid & ~core.done
         core, extra = self.init(oracle, env, core, active)
         spent = core.queries >= env.max_queries
-        core = core._replace(done=core.done | ~core.found | spent)
+        no_start = ~core.found if self.start_in_init else jnp.zeros_like(core.found)
+        core = core._replace(done=core.done | no_start | spent)
         return core, extra
 
     def _chunk(self, oracle: Oracle, env: AttackEnv, core: AttackCore, extra: Any):
@@ -396,7 +402,9 @@ class DecisionAttack:
             new_core = new_core._replace(steps=new_core.steps + active.astype(jnp.int32))
             new_core, new_extra = where_rows(active, (new_core, new_extra), (core, extra))
             stalled = new_core.queries == core.queries
-            finished = (new_core.queries >= env.max_queries) | stalled | ~new_core.found
+            finished = (new_core.queries >= env.max_queries) | stalled
+            if self.start_in_init:
+                finished = finished | ~new_core.found
             new_core = new_core._replace(done=new_core.done | (active & finished))
             return (new_core, new_extra), (active, new_core.queries, new_core.best_l2, new_core.best_linf)
 
