@@ -12,6 +12,12 @@ Contract shared by every oracle (the attacks rely on nothing else):
   only, never on batch position or on which other images share the batch.
 * Query counting and budgets live in the caller (attack state), which knows each image's
   query index; one call of ``decide`` on one point is one query.
+
+Oracles here: :class:`ModelOracle` (the plain f), :class:`SmoothedOracle` (g_{sigma,n} with the
+'label' or 'level' criterion, explicit abstention semantics, exact early stopping).
+:func:`level_of` estimates the level P[g_{sigma,n}(x_a) != y] reached by an adversarial point;
+:class:`CountingOracle` is a host-side wrapper with per-image query/evaluation counters and
+budgets for users outside the attacks.
 """
 from __future__ import annotations
 
@@ -19,6 +25,13 @@ from typing import Callable, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from rsjax.errors import RsjaxError
+
+
+class BudgetError(RsjaxError):
+    """A query would exceed an image's query or evaluation budget (nothing was evaluated)."""
 
 
 class OracleAnswer(NamedTuple):
@@ -70,3 +83,249 @@ class ModelOracle:
 
     def max_evaluations_per_query(self) -> int:
         return 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Smoothed oracle over the practical classifier g_{sigma,n}
+# ---------------------------------------------------------------------------------------------
+CRITERIA = ("label", "level")
+
+
+class SmoothedOracle:
+    """Oracle over g_{sigma,n}: each query draws n noisy copies of the point (sample j with key
+    ``fold_in(query_key, j)``) and votes (``rsjax.smoothing.vote_counts``).
+
+    Success criteria:
+
+    * ``'label'``: the attacker sees only the voted label; adversarial iff plurality label != y
+      (ties to the lowest class index). With ``abstain_alpha`` set, Cohen's PREDICT abstains when
+      the two-sided binomial test of the top two counts has p-value > alpha; an abstention is
+      **not** a success unless ``abstain_is_success=True``.
+    * ``'level'``: the authors' shortcut for level P_a: adversarial iff at least
+      ceil(n * P_a) of the n micro-decisions are != y (``p_a`` required; no abstention).
+
+    ``early_stop`` (default on, exact): a query stops drawing samples as soon as its answer is
+    decided (label: y is the sure winner or can no longer win; level: the wrong count is reached
+    or out of reach); ``evaluations`` is the number of samples actually drawn. It is off when an
+    abstention test is configured (that needs all n counts).
+    """
+
+    def __init__(
+        self,
+        logits_fn: Callable[[jax.Array], jax.Array],
+        num_classes: int,
+        sigma: float,
+        n: int,
+        criterion: str = "label",
+        p_a: float | None = None,
+        abstain_alpha: float | None = None,
+        abstain_is_success: bool = False,
+        early_stop: bool = True,
+        chunk_size: int = 1024,
+        noise: str = "hash",
+        clip: bool = False,
+        name: str | None = None,
+    ):
+        from rsjax.errors import InputError, check_int_at_least, check_open_unit, check_positive
+        from rsjax.smoothing import NOISE_IMPLS, predict_min_top_count
+        from rsjax.theory import level_wrong_count
+
+        self.logits_fn = logits_fn
+        self.num_classes = check_int_at_least("num_classes", num_classes, 2)
+        self.sigma = float(check_positive("sigma", sigma))
+        self.n = check_int_at_least("n", n, 1)
+        if criterion not in CRITERIA:
+            raise InputError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+        self.criterion = criterion
+        self.chunk_size = check_int_at_least("chunk_size", chunk_size, 1)
+        if noise not in NOISE_IMPLS:
+            raise InputError(f"noise implementation must be one of {NOISE_IMPLS}, got {noise!r}")
+        self.noise, self.clip = noise, bool(clip)
+        self.p_a = p_a
+        self.k_wrong = None
+        if criterion == "level":
+            if p_a is None:
+                raise InputError("criterion 'level' needs p_a (the level P_a in (0, 1)), got None")
+            check_open_unit("p_a", p_a)
+            if abstain_alpha is not None:
+                raise InputError(f"abstain_alpha={abstain_alpha!r} applies to criterion 'label' only")
+            self.k_wrong = level_wrong_count(self.n, p_a)
+        elif p_a is not None:
+            raise InputError(f"p_a={p_a!r} is only used with criterion='level'")
+        self.abstain_alpha = None if abstain_alpha is None else check_open_unit("abstain_alpha", abstain_alpha)
+        self.abstain_is_success = bool(abstain_is_success)
+        self._min_top = None if abstain_alpha is None else predict_min_top_count(self.n, abstain_alpha)
+        self.early_stop = bool(early_stop) and abstain_alpha is None
+        self.name = name or (f"rs[sigma={self.sigma:g},n={self.n},{criterion}"
+                             + (f",Pa={p_a:g}" if p_a is not None else "") + "]")
+
+    def max_evaluations_per_query(self) -> int:
+        return self.n
+
+    def _stop_rule(self, y: jax.Array):
+        from rsjax.smoothing import label_vs_reference_decided, wrong_count_decided
+
+        if not self.early_stop:
+            return None
+        if self.criterion == "level":
+            return lambda counts, remaining: wrong_count_decided(counts, remaining, y, self.k_wrong)
+        return lambda counts, remaining: label_vs_reference_decided(counts, remaining, y)
+
+    def decide(self, x: jax.Array, y: jax.Array, keys: jax.Array) -> OracleAnswer:
+        from rsjax.smoothing import vote_counts
+
+        y = jnp.asarray(y, jnp.int32)
+        res = vote_counts(self.logits_fn, x, keys, self.sigma, self.n, self.num_classes,
+                          chunk_size=self.chunk_size, clip=self.clip, noise=self.noise,
+                          stop=self._stop_rule(y))
+        counts = res.counts
+        if self.criterion == "level":
+            ny = jnp.take_along_axis(counts, y[:, None], axis=-1)[:, 0]
+            adv = (jnp.sum(counts, axis=-1) - ny) >= self.k_wrong
+        else:
+            adv = jnp.argmax(counts, axis=-1) != y
+            if self._min_top is not None:
+                top2 = jax.lax.top_k(counts, 2)[0]
+                table = jnp.asarray(self._min_top)
+                abstain = top2[:, 0] < table[top2[:, 0] + top2[:, 1]]
+                adv = jnp.where(abstain, self.abstain_is_success, adv)
+        return OracleAnswer(adv, res.evaluations.astype(jnp.int32))
+
+    def as_label_oracle(self) -> "SmoothedOracle":
+        """The same g_{sigma,n} with the 'label' criterion (used by :func:`level_of`)."""
+        if self.criterion == "label":
+            return self
+        return SmoothedOracle(self.logits_fn, self.num_classes, self.sigma, self.n,
+                              chunk_size=self.chunk_size, noise=self.noise, clip=self.clip)
+
+
+def _bucket(m: int) -> int:
+    return 1 if m <= 1 else 1 << (m - 1).bit_length()
+
+
+_DECIDE_JIT: dict[int, tuple[object, Callable]] = {}
+
+
+def jitted_decide(oracle: Oracle) -> Callable:
+    """``jax.jit(oracle.decide)``, cached per oracle object."""
+    hit = _DECIDE_JIT.get(id(oracle))
+    if hit is None or hit[0] is not oracle:
+        hit = (oracle, jax.jit(oracle.decide))
+        _DECIDE_JIT[id(oracle)] = hit
+    return hit[1]
+
+
+def decide_padded(oracle: Oracle, x, y, keys) -> tuple:
+    """Host call of ``oracle.decide`` on M points padded to a power-of-two bucket (one compiled
+    program per bucket); returns numpy (adversarial [M], evaluations [M])."""
+    x = jnp.asarray(x, jnp.float32)
+    y = jnp.asarray(y, jnp.int32)
+    m = x.shape[0]
+    size = _bucket(m)
+    if size > m:
+        x = jnp.concatenate([x, jnp.repeat(x[:1], size - m, axis=0)])
+        y = jnp.concatenate([y, jnp.repeat(y[:1], size - m)])
+        keys = jnp.concatenate([keys, jnp.repeat(keys[:1], size - m, axis=0)])
+    ans = jitted_decide(oracle)(x, y, keys)
+    return np.asarray(ans.adversarial)[:m], np.asarray(ans.evaluations)[:m]
+
+
+class LevelEstimate(NamedTuple):
+    level: np.ndarray  # [B] fraction of the m calls where g_{sigma,n}(x_a) != y
+    low: np.ndarray  # [B] Clopper-Pearson lower end
+    high: np.ndarray  # [B] Clopper-Pearson upper end
+    calls: int
+    evaluations: np.ndarray  # [B] base-model evaluations spent
+
+
+def clopper_pearson_interval(k, m: int, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided exact (Clopper-Pearson) interval for a binomial proportion with k successes out
+    of m: [Beta.ppf(a/2, k, m-k+1), Beta.ppf(1-a/2, k+1, m-k)], a = 1 - confidence."""
+    from scipy import stats
+
+    k = np.asarray(k, np.float64)
+    a = 1.0 - confidence
+    low = np.where(k > 0, stats.beta.ppf(a / 2, np.maximum(k, 1), m - k + 1), 0.0)
+    high = np.where(k < m, stats.beta.ppf(1 - a / 2, k + 1, np.maximum(m - k, 1)), 1.0)
+    return low, high
+
+
+def level_of(oracle: "SmoothedOracle", x_adv, y, key: jax.Array, calls: int = 100,
+             confidence: float = 0.95, image_ids=None) -> LevelEstimate:
+    """Estimate the level actually reached, P[g_{sigma,n}(x_a) != y] (eq. (4)), from ``calls``
+    independent calls of g_{sigma,n} on each x_a [B,H,W,C]: call c of image i uses the key
+    ``fold_in(fold_in(key, image_id_i), c)`` (fresh noise per call). Whatever the oracle's
+    criterion, the label criterion (and the oracle's abstention setting) is evaluated; returns the
+    empirical level with a Clopper-Pearson interval at ``confidence``."""
+    from rsjax.errors import check_int_at_least, check_open_unit
+
+    check_int_at_least("calls", calls, 1)
+    check_open_unit("confidence", confidence)
+    label_oracle = oracle.as_label_oracle()
+    x_adv = np.asarray(x_adv, np.float32)
+    y = np.asarray(y, np.int32).reshape(-1)
+    b = x_adv.shape[0]
+    ids = np.arange(b) if image_ids is None else np.asarray(image_ids)
+    ikeys = image_keys(key, ids)
+    call_keys = query_keys(ikeys, jnp.broadcast_to(jnp.arange(calls, dtype=jnp.uint32), (b, calls)))
+    flat_keys = call_keys.reshape((b * calls,) + call_keys.shape[2:])
+    adv, evals = decide_padded(label_oracle, np.repeat(x_adv, calls, axis=0), np.repeat(y, calls), flat_keys)
+    k = adv.reshape(b, calls).sum(axis=1)
+    low, high = clopper_pearson_interval(k, calls, confidence)
+    return LevelEstimate(k / calls, low, high, calls, evals.reshape(b, calls).sum(axis=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side query accounting for users outside the attacks
+# ---------------------------------------------------------------------------------------------
+class CountingOracle:
+    """Host wrapper of an oracle that counts, per image id, the queries and base-model
+    evaluations, derives query q of image i's key as ``query_key(fold_in(seed_key, i), q)``
+    (the attacks' convention) and enforces budgets that are never exceeded: a call that could
+    exceed an image's query budget, or its evaluation budget in the worst case
+    (queries x ``max_evaluations_per_query``), is refused whole with ``BudgetError`` before
+    anything is evaluated."""
+
+    def __init__(self, oracle: Oracle, seed_key: jax.Array, max_queries: int | None = None,
+                 max_evaluations: int | None = None):
+        from rsjax.errors import check_int_at_least
+
+        self.oracle = oracle
+        self.seed_key = seed_key
+        self.max_queries = None if max_queries is None else check_int_at_least("max_queries", max_queries, 0)
+        self.max_evaluations = (None if max_evaluations is None
+                                else check_int_at_least("max_evaluations", max_evaluations, 0))
+        self.queries: dict[int, int] = {}
+        self.evaluations: dict[int, int] = {}
+
+    def remaining_queries(self, image_id: int) -> int | None:
+        return None if self.max_queries is None else self.max_queries - self.queries.get(image_id, 0)
+
+    def __call__(self, x, y, image_ids) -> np.ndarray:
+        """Ask about points x [M,H,W,C] of images ``image_ids`` [M] (true labels y [M]);
+        returns adversarial [M] bool and updates the counters."""
+        ids = np.asarray(image_ids, np.int64).reshape(-1)
+        y = np.broadcast_to(np.asarray(y), ids.shape)
+        uniq, per = np.unique(ids, return_counts=True)
+        worst = self.oracle.max_evaluations_per_query()
+        for i, c in zip(uniq.tolist(), per.tolist()):
+            q, e = self.queries.get(i, 0), self.evaluations.get(i, 0)
+            if self.max_queries is not None and q + c > self.max_queries:
+                raise BudgetError(f"image {i}: {c} more queries would exceed max_queries="
+                                  f"{self.max_queries} ({q} used)")
+            if self.max_evaluations is not None and e + c * worst > self.max_evaluations:
+                raise BudgetError(f"image {i}: {c} queries may cost up to {c * worst} evaluations, over "
+                                  f"max_evaluations={self.max_evaluations} ({e} used)")
+        # query index of each point: the image's count so far + its rank within this call
+        qidx = np.empty(len(ids), np.int64)
+        seen: dict[int, int] = {}
+        for t, i in enumerate(ids.tolist()):
+            qidx[t] = self.queries.get(i, 0) + seen.get(i, 0)
+            seen[i] = seen.get(i, 0) + 1
+        ikeys = image_keys(self.seed_key, ids)
+        keys = jax.vmap(query_key)(ikeys, jnp.asarray(qidx, jnp.uint32))
+        adv, evals = decide_padded(self.oracle, x, y, keys)
+        for t, i in enumerate(ids.tolist()):
+            self.queries[i] = self.queries.get(i, 0) + 1
+            self.evaluations[i] = self.evaluations.get(i, 0) + int(evals[t])
+        return adv
