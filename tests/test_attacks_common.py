@@ -1,0 +1,272 @@
+"""Attack framework: exact query accounting, binary search, driver bookkeeping, results.
+
+Also holds the oracles and linear problems the HSJA/RayS tests import."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rsjax.attacks.common import (
+    AttackCore, AttackEnv, AttackResult, TRACE_PAD, binary_search, initial_core, query, safe_normalize,
+)
+from rsjax.errors import InputError
+from rsjax.models.linear import linear_logits_fn
+from rsjax.oracle import ModelOracle, OracleAnswer, image_keys, query_key
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class ConstantOracle:
+    """Always answers ``value`` (the all-probes-agree case), ``evals`` evaluations a query."""
+
+    def __init__(self, value: bool, num_classes: int = 2, evals: int = 1):
+        self.value, self.num_classes, self.evals = value, num_classes, evals
+        self.name = f"constant[{value}]"
+
+    def decide(self, x, y, keys):
+        m = x.shape[0]
+        return OracleAnswer(jnp.full((m,), self.value), jnp.full((m,), self.evals, jnp.int32))
+
+    def max_evaluations_per_query(self):
+        return self.evals
+
+
+def key_bits(keys) -> jax.Array:
+    """uint32 [M, 2] data of typed or raw keys."""
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(keys)
+    return keys
+
+
+class CoinOracle:
+    """Adversarial with probability 1/2 drawn from the query key only (maximally random)."""
+
+    name = "coin"
+
+    def __init__(self, num_classes: int = 2, evals: int = 1):
+        self.num_classes, self.evals = num_classes, evals
+
+    def decide(self, x, y, keys):
+        adv = jax.vmap(jax.random.bernoulli)(keys)
+        return OracleAnswer(adv, jnp.full(adv.shape, self.evals, jnp.int32))
+
+    def max_evaluations_per_query(self):
+        return self.evals
+
+
+class RecordingOracle:
+    """Wraps an oracle; records on the host the key of every point it is asked about (sent or
+    not: the attack sends index-0 keys for probes it does not send) and charges ``evals``
+    evaluations per query."""
+
+    def __init__(self, inner, evals: int = 3):
+        self.inner, self.evals = inner, evals
+        self.num_classes, self.name = inner.num_classes, "recording"
+        self.seen: set[tuple[int, int]] = set()
+
+    def _record(self, bits):
+        self.seen.update(map(tuple, np.asarray(bits).tolist()))
+        return np.zeros((), np.int32)
+
+    def decide(self, x, y, keys):
+        token = jax.experimental.io_callback(self._record, jax.ShapeDtypeStruct((), jnp.int32), key_bits(keys))
+        ans = self.inner.decide(x, y, keys)
+        return OracleAnswer(ans.adversarial, jnp.full(ans.adversarial.shape, self.evals, jnp.int32) + 0 * token)
+
+    def max_evaluations_per_query(self):
+        return self.evals
+
+
+def expected_keys(seed: int, image_ids, queries) -> set[tuple[int, int]]:
+    """Keys of queries 0..queries[i]-1 of each image."""
+    ks = image_keys(jax.random.key(seed), jnp.asarray(image_ids))
+    out = set()
+    for k, q in zip(ks, queries):
+        for i in range(int(q)):
+            out.add(tuple(np.asarray(jax.random.key_data(query_key(k, i))).tolist()))
+    return out
+
+
+def linear_problem(side: int, dists, seed: int = 0, norm: str = "l2", spread: float = 0.05):
+    """Images [B, side, side, 1] around 0.5 on the class-1 side of a random hyperplane
+    w.x + b = 0 at exactly the given L2 (or L-inf) distances, foot points inside the box.
+    Returns (x, y, w, b, oracle)."""
+    rng = np.random.default_rng(seed)
+    shape = (side, side, 1)
+    dists = np.asarray(dists, np.float64)
+    nb = len(dists)
+    w = rng.normal(size=shape)
+    x = 0.5 + spread * rng.uniform(-1, 1, size=(nb,) + shape)
+    s = x.reshape(nb, -1) @ w.ravel()
+    bias = -float(s.mean())
+    scale = np.linalg.norm(w) if norm == "l2" else np.abs(w).sum()
+    x = x + ((dists * scale - (s + bias)) / np.sum(w * w))[:, None, None, None] * w[None]
+    assert 0 < x.min() and x.max() < 1
+    w32 = w.astype(np.float32)
+    return x.astype(np.float32), np.ones(nb, np.int64), w32, bias, ModelOracle(linear_logits_fn(w32, bias), 2)
+
+
+def assert_same_result(a: AttackResult, b: AttackResult) -> None:
+    """Bitwise-equal per-image outcomes (batch invariance / determinism)."""
+    np.testing.assert_array_equal(a.status, b.status)
+    np.testing.assert_array_equal(a.queries, b.queries)
+    np.testing.assert_array_equal(a.evaluations, b.evaluations)
+    np.testing.assert_array_equal(a.l2, b.l2)
+    np.testing.assert_array_equal(a.linf, b.linf)
+    np.testing.assert_array_equal(a.x_adv, b.x_adv)
+    for q in (10, 100, int(a.max_queries)):
+        np.testing.assert_array_equal(a.distortion_at(q), b.distortion_at(q))
+
+
+def assert_sane(res: AttackResult, max_queries: int) -> None:
+    """No NaN anywhere, budgets respected, statuses consistent."""
+    assert not np.isnan(res.l2).any() and not np.isnan(res.linf).any()
+    assert not np.isnan(res.x_adv).any()
+    assert not np.isnan(res.trace_l2).any()
+    assert (res.queries <= max_queries).all() and (res.queries >= 1).all()
+    att = res.status == "attacked"
+    assert np.isfinite(res.l2[att]).all()
+    assert np.isinf(res.l2[res.status == "no_start"]).all()
+    assert (res.l2[res.status == "misclassified"] == 0).all()
+    assert (res.queries[res.status == "misclassified"] == 1).all()
+
+
+# ----------------------------------------------------------------------------- query()
+
+def _env(b=2, max_queries=5, seed=0):
+    x = jnp.full((b, 2, 2, 1), 0.5)
+    return AttackEnv(x, jnp.zeros((b,), jnp.int32), image_keys(jax.random.key(seed), jnp.arange(b)),
+                     jnp.ones((b,), bool), jnp.asarray(max_queries, jnp.int32))
+
+
+def test_query_assigns_consecutive_indices_and_stops_at_budget():
+    env = _env()
+    core = initial_core(env)._replace(queries=jnp.array([0, 3], jnp.int32))
+    mask = jnp.array([[True, False, True, True], [True, True, True, False]])
+    points = jnp.zeros((2, 4, 2, 2, 1))
+
+    class KeyEcho:  # adversarial = lowest bit of the key's first word
+        num_classes = 2
+
+        def decide(self, x, y, keys):
+            bits = key_bits(keys)[:, 0]
+            return OracleAnswer((bits & 1) == 1, jnp.full(bits.shape, 7, jnp.int32))
+
+    out = jax.jit(lambda c: query(KeyEcho(), env, c, points, mask))(core)
+    np.testing.assert_array_equal(out.sent, [[True, False, True, True], [True, True, False, False]])
+    np.testing.assert_array_equal(out.core.queries, [3, 5])
+    np.testing.assert_array_equal(out.core.evaluations, [21, 14])
+    # probe j of image i used query_key(image_key_i, index) with consecutive indices
+    expected_index = {(0, 0): 0, (0, 2): 1, (0, 3): 2, (1, 0): 3, (1, 1): 4}
+    for (i, j), q in expected_index.items():
+        bit = int(np.asarray(jax.random.key_data(query_key(env.image_keys[i], q)))[0]) & 1
+        assert bool(out.adversarial[i, j]) == bool(bit), (i, j)
+    assert not out.adversarial[1, 2] and not out.adversarial[1, 3]
+
+
+def test_query_skips_done_and_padding_rows():
+    env = _env()._replace(valid=jnp.array([True, False]))
+    core = initial_core(env)
+    out = query(ConstantOracle(True), env, core, jnp.zeros((2, 3, 2, 2, 1)), jnp.ones((2, 3), bool))
+    np.testing.assert_array_equal(out.sent, [[True] * 3, [False] * 3])
+    np.testing.assert_array_equal(out.core.queries, [3, 0])
+    assert not out.adversarial[1].any()
+
+
+def test_binary_search_finds_threshold_and_respects_budget():
+    # adversarial iff mean pixel > 0.3: on the segment 0 -> 1 the boundary is a = 0.3
+    class Threshold:
+        num_classes = 2
+
+        def decide(self, x, y, keys):
+            adv = jnp.mean(x.reshape(x.shape[0], -1), axis=1) > 0.3
+            return OracleAnswer(adv, jnp.ones(adv.shape, jnp.int32))
+
+    env = _env(b=2, max_queries=1000)
+    env = env._replace(x=jnp.zeros((2, 2, 2, 1)))
+    core = initial_core(env)._replace(queries=jnp.array([0, 995], jnp.int32))
+    x_out = jnp.ones((2, 2, 2, 1))
+    pt, hi, core2 = binary_search(Threshold(), env, core, env.x, x_out, jnp.array([True, True]), 1e-4, 30)
+    assert 0.3 <= float(hi[0]) <= 0.3 + 1e-4
+    assert int(core2.queries[0]) == 14  # ceil(log2(1e4)) halvings
+    # image 1 had only 5 queries left: stops there, still on the adversarial side
+    assert int(core2.queries[1]) == 1000
+    assert float(hi[1]) > 0.3 and float(hi[1]) < 0.3 + 2.0 ** -5 + 1e-6
+    np.testing.assert_allclose(np.asarray(pt[0]).mean(), float(hi[0]), rtol=1e-6)
+
+
+def test_safe_normalize_zero_rows_give_no_nan():
+    v = jnp.stack([jnp.zeros((2, 2, 1)), jnp.full((2, 2, 1), 3.0)])
+    out = np.asarray(safe_normalize(v))
+    assert not np.isnan(out).any()
+    np.testing.assert_array_equal(out[0], 0.0)
+    np.testing.assert_allclose(np.linalg.norm(out[1]), 1.0, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- results
+
+def _result():
+    tq = np.array([[1, TRACE_PAD, TRACE_PAD], [20, 50, 90], [TRACE_PAD] * 3])
+    tl2 = np.array([[0.0, np.inf, np.inf], [3.0, 2.0, 1.0], [np.inf] * 3])
+    return AttackResult(
+        attack="x", image_ids=np.arange(3), x_adv=np.zeros((3, 1, 1, 1), np.float32),
+        l2=np.array([0.0, 1.0, np.inf]), linf=np.array([0.0, 0.5, np.inf]),
+        success=np.array([True, True, False]), status=np.array(["misclassified", "attacked", "no_start"]),
+        queries=np.array([1, 90, 100]), evaluations=np.array([1, 90, 100]), steps=np.array([0, 3, 0]),
+        trace_queries=tq, trace_l2=tl2, trace_linf=tl2 / 2, max_queries=100, config={})
+
+
+def test_distortion_at_is_best_within_budget():
+    r = _result()
+    np.testing.assert_array_equal(r.distortion_at(10), [0.0, np.inf, np.inf])
+    np.testing.assert_array_equal(r.distortion_at(50), [0.0, 2.0, np.inf])
+    np.testing.assert_array_equal(r.distortion_at(1000, "linf"), [0.0, 0.5, np.inf])
+    with pytest.raises(InputError, match="norm"):
+        r.distortion_at(10, "l1")
+
+
+def test_summary_excludes_misclassified_and_counts_no_start_as_failure():
+    s = _result().summary()
+    assert s["n_attacked"] == 1 and s["n_misclassified"] == 1 and s["n_no_start"] == 1
+    assert s["success_rate"] == 0.5
+    assert s["median_l2"] == 1.0 and s["max_queries_used"] == 100
+
+
+# ----------------------------------------------------------------------------- driver
+
+def test_run_rejects_bad_inputs():
+    from rsjax.attacks import HSJA, get_attack
+
+    x, y, _, _, oracle = linear_problem(4, [0.1])
+    with pytest.raises(InputError, match="max_queries"):
+        HSJA().run(oracle, x, y, 0, 0)
+    with pytest.raises(InputError, match=r"\[0,1\]"):
+        HSJA().run(oracle, x + 2, y, 0, 10)
+    with pytest.raises(InputError, match="labels"):
+        HSJA().run(oracle, x, y + 5, 0, 10)
+    with pytest.raises(InputError, match="unknown option"):
+        HSJA(gama=1.0)
+    with pytest.raises(InputError, match="gamma"):
+        HSJA(gamma=-1.0)
+    with pytest.raises(InputError, match="unknown attack"):
+        get_attack("boundary")
+
+
+@pytest.mark.parametrize("name", ["hsja", "rays"])
+def test_queries_counted_exactly_against_recorded_keys(name):
+    """Every key the oracle saw is one of queries 0..queries[i]-1 of some image, and every such
+    query was asked: nothing beyond the budget, nothing uncounted."""
+    from rsjax.attacks import get_attack
+
+    x, y, _, _, inner = linear_problem(4, [0.05, 0.1, 0.15])
+    x[1] = x[1] * 0 + 0.5  # varied starting geometry
+    rec = RecordingOracle(inner, evals=3)
+    budget = 157
+    res = get_attack(name).run(rec, x, y, 5, budget, image_ids=[3, 8, 11])
+    assert (res.queries <= budget).all()
+    assert (res.evaluations == 3 * res.queries).all()
+    assert rec.seen == expected_keys(5, [3, 8, 11], res.queries)
+    finished_by_budget = res.queries == budget
+    assert finished_by_budget.any()
