@@ -254,3 +254,83 @@ def test_certified_accuracy_curve():
     correct = np.array([True, True, False, True, False])
     acc = certified_accuracy(radii, correct, [0.0, 0.1, 0.6, 2.0])
     np.testing.assert_allclose(acc, [3 / 5, 2 / 5, 1 / 5, 0.0])
+
+
+# ---------------------------------------------------------------- data-set level: CLI, evaluate, plot
+@pytest.fixture(scope="module")
+def mlp_checkpoint(tmp_path_factory):
+    from rsjax.checkpoints import save_checkpoint
+    from rsjax.models import get_model_spec
+
+    d = tmp_path_factory.mktemp("ckpt")
+    spec = get_model_spec("fmnist_mlp")
+    save_checkpoint(d / "mlp.ckpt", "fmnist_mlp", spec.init(jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    images = (rng.uniform(size=(6, 28, 28)) * 255).astype(np.uint8)
+    np.savez(d / "data.npz", images=images, labels=np.arange(6) % 10)
+    return d
+
+
+def test_cli_certify_writes_cohen_log(mlp_checkpoint, tmp_path, capsys):
+    from rsjax.certify import LOG_HEADER, read_certify_log
+    from rsjax.classifier import Classifier
+    from rsjax.cli import main
+
+    log = tmp_path / "cert.tsv"
+    rc = main(["certify", "--checkpoint", str(mlp_checkpoint / "mlp.ckpt"), "--data",
+               f"npz:{mlp_checkpoint / 'data.npz'}", "--sigma", "0.25", "--n0", "20", "--n", "500",
+               "--alpha", "0.001", "--limit", "5", "--batch-size", "2", "--out", str(log), "--json"])
+    assert rc == 0
+    import json
+    summary = json.loads(capsys.readouterr().out)
+    lines = log.read_text().splitlines()
+    assert lines[0].split("\t") == list(LOG_HEADER) and len(lines) == 6
+    cols = read_certify_log(log)
+    assert cols["idx"].tolist() == [0, 1, 2, 3, 4]
+    assert np.all((cols["predict"] == -1) == (cols["radius"] == 0))
+    assert np.all(cols["correct"] == (cols["predict"] == cols["label"]))
+    assert summary["num_images"] == 5
+    # same rows as the library call on image 3 alone (keys depend on idx, not on the batch)
+    clf = Classifier.from_checkpoint(str(mlp_checkpoint / "mlp.ckpt"))
+    data = np.load(mlp_checkpoint / "data.npz")
+    x3 = data["images"][3:4, ..., None].astype(np.float32) / 255
+    res = certify(clf.logits_fn, x3, point_keys(0, [3]), 0.25, 20, 500, 0.001, 10)
+    assert res.predictions[0] == cols["predict"][3]
+    assert abs(res.radii[0] - cols["radius"][3]) < 1e-5
+
+
+def test_cli_certify_rejects_bad_alpha(mlp_checkpoint, tmp_path, capsys):
+    from rsjax.cli import main
+
+    rc = main(["certify", "--checkpoint", str(mlp_checkpoint / "mlp.ckpt"), "--data",
+               f"npz:{mlp_checkpoint / 'data.npz'}", "--sigma", "0.25", "--alpha", "2",
+               "--out", str(tmp_path / "x.tsv")])
+    assert rc == 2 and "--alpha" in capsys.readouterr().err
+
+
+def test_evaluate_smoothed_reports_accuracy_and_abstention(mlp_checkpoint):
+    from rsjax.classifier import Classifier
+    from rsjax.smoothing import evaluate_smoothed
+
+    clf = Classifier.from_checkpoint(str(mlp_checkpoint / "mlp.ckpt"))
+    data = np.load(mlp_checkpoint / "data.npz")
+    images = data["images"][..., None].astype(np.float32) / 255
+    labels = clf.predict(images)  # labels = base predictions: tiny sigma keeps them
+    out = evaluate_smoothed(clf, images, labels, sigma=1e-4, n=10, alpha=0.001, seed=0, batch_size=4)
+    assert out["smoothed_accuracy"] == 1.0
+    assert out["abstention_rate"] == 1.0 and out["predict_accuracy"] == 0.0  # the n=10 trap
+    out = evaluate_smoothed(clf, images, labels, sigma=1e-4, n=30, alpha=0.001, seed=0, batch_size=4)
+    assert out["abstention_rate"] == 0.0 and out["predict_accuracy"] == 1.0
+
+
+def test_plot_certified_accuracy(tmp_path):
+    from rsjax.plots import plot_certified_accuracy
+
+    runs = {"sigma=0.25": (np.array([0.1, 0.3, 0.0]), np.array([True, True, False])),
+            "sigma=0.5": (np.array([0.6, 0.0]), np.array([True, False]))}
+    fig = plot_certified_accuracy(runs, tmp_path / "cert.png")
+    assert (tmp_path / "cert.png").stat().st_size > 1000
+    ys = [line.get_ydata() for line in fig.axes[0].get_lines()]
+    assert ys[0][0] == pytest.approx(2 / 3) and ys[1][0] == pytest.approx(1 / 2)
+    with pytest.raises(InputError):
+        plot_certified_accuracy({})
