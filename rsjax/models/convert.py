@@ -191,7 +191,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]) -> dict:
     if non_float:
         problems.append(f"{len(non_float)} not floating point: {_names(non_float)}")
     if problems:
-        hint = " Is --arch right?" if missing and unexpected else ""
+        hint = " Is --arch right?" if missing or unexpected else ""
         raise CheckpointError(
             f"state_dict does not match architecture {arch!r}: " + "; ".join(problems) + "." + hint
         )
