@@ -175,6 +175,30 @@ def binary_vote_probability(pi_y, n: int, *, loses_ties: bool = False) -> np.nda
     return prob_wrong_majority(n, q)
 
 
+def class_frequencies(logits_fn: LogitsFn, x, key: jax.Array, sigma: float, n: int, num_classes: int,
+                      **kw) -> np.ndarray:
+    """Monte-Carlo estimate of the whole vector pi_c(x_i), c < K, from n samples per point
+    (point i uses fold_in(key, i)): [P, K]; its argmax estimates g_sigma(x_i)."""
+    check_int_at_least("n", n, 1)
+    counts = smoothed_counts(logits_fn, x, fold_keys(key, np.arange(len(x))), sigma, n, num_classes, **kw)
+    return counts / n
+
+
+def multinomial_vote_probability(pi, y, n: int, draws: int = 20000, seed: int = 0) -> np.ndarray:
+    """P[plurality of n i.i.d. micro-decisions with class probabilities pi != y] (lowest index
+    wins ties), by ``draws`` multinomial draws per point (numpy, seeded): pi [P, K] -> [P].
+    This is the exact law of one call of g_{sigma,n} when pi = (pi_c(x)), whatever K."""
+    check_int_at_least("n", n, 1)
+    pi = np.clip(np.asarray(pi, np.float64), 0.0, None)
+    y = np.broadcast_to(np.asarray(y), pi.shape[:1])
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(pi))
+    for i, p in enumerate(pi):
+        c = rng.multinomial(n, p / p.sum(), size=draws)
+        out[i] = np.mean(c.argmax(axis=1) != y[i])
+    return out
+
+
 def first_crossing(ts, values, level: float, *, decreasing: bool = True) -> float:
     """Smallest t where the piecewise-linear curve ``values``(ts) crosses ``level`` (going
     below it when ``decreasing``, above otherwise); NaN when it never does."""
