@@ -26,7 +26,8 @@ Classes: output i is ImageNet class i in the standard sorted-wnid order (file ou
 file's ``imagenet_labels.txt`` line i + 1 equals ``synset_words.txt`` line i for all 1,000).
 
 Submodule names mirror the TF scopes (``expanded_conv_3/expand``); block outputs are sown into
-``intermediates`` (``Conv``, ``expanded_conv``.. ``expanded_conv_16``, ``Conv_1``, ``pool``).
+``intermediates`` as ``<name>_out`` (``Conv_out``, ``expanded_conv_out``.. ``expanded_conv_16_out``,
+``Conv_1_out``) and ``pool``.
 No dropout (TF-slim's training graph has dropout 0.2 before the logits; fine-tuning here omits it).
 """
 from __future__ import annotations
@@ -182,12 +183,12 @@ class MobileNetV2(nn.Module):
         plan = layer_plan(self)
         x = Normalize(self.mean, self.std)(x)
         x = _conv(plan[0], "Conv")(x)
-        self.sow("intermediates", "Conv", x)
+        self.sow("intermediates", "Conv_out", x)
         for block in block_plan(self.width):
             x = InvertedResidual(block.convs, block.residual, name=block.name)(x)
-            self.sow("intermediates", block.name, x)
+            self.sow("intermediates", f"{block.name}_out", x)
         x = _conv(plan[-1], "Conv_1")(x)
-        self.sow("intermediates", "Conv_1", x)
+        self.sow("intermediates", "Conv_1_out", x)
         x = jnp.mean(x, axis=(1, 2))
         self.sow("intermediates", "pool", x)
         return nn.Dense(self.num_classes, name="Logits")(x)
