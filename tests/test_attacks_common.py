@@ -120,6 +120,18 @@ def assert_same_result(a: AttackResult, b: AttackResult) -> None:
         np.testing.assert_array_equal(a.distortion_at(q), b.distortion_at(q))
 
 
+def check_row_equal(batched: AttackResult, i: int, single: AttackResult) -> None:
+    """Row i of a batched run equals the only row of a one-image run, bit for bit."""
+    for field in ("status", "queries", "evaluations", "steps", "l2", "linf", "x_adv"):
+        np.testing.assert_array_equal(getattr(batched, field)[i], getattr(single, field)[0],
+                                      err_msg=f"image {i}: {field}")
+    n = int((single.trace_queries[0] != TRACE_PAD).sum())
+    for field in ("trace_queries", "trace_l2", "trace_linf"):
+        np.testing.assert_array_equal(getattr(batched, field)[i][:n], getattr(single, field)[0][:n],
+                                      err_msg=f"image {i}: {field}")
+    assert (batched.trace_queries[i][n:] == TRACE_PAD).all()
+
+
 def assert_sane(res: AttackResult, max_queries: int) -> None:
     """No NaN anywhere, budgets respected, statuses consistent."""
     assert not np.isnan(res.l2).any() and not np.isnan(res.linf).any()

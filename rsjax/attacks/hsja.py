@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from rsjax.attacks.common import (
     AttackCore, AttackEnv, DecisionAttack, attack_keys, bcast, binary_search, clip01, iterations_for,
-    l2_norm, query, query_one, remaining, safe_normalize, update_best,
+    l2_norm, query, query_one, remaining, safe_normalize, tree_sum, update_best,
 )
 from rsjax.errors import InputError
 
@@ -147,8 +147,8 @@ class HSJA(DecisionAttack):
             out = query(oracle, env, core_, probes, want)
             phi = jnp.where(out.adversarial, 1.0, -1.0)
             w = out.sent.astype(rv.dtype)
-            s_phi_u = s_phi_u + jnp.sum(bcast(w * phi, rv) * rv, axis=1)
-            s_u = s_u + jnp.sum(bcast(w, rv) * rv, axis=1)
+            s_phi_u = s_phi_u + tree_sum(bcast(w * phi, rv) * rv, axis=1)
+            s_u = s_u + tree_sum(bcast(w, rv) * rv, axis=1)
             s_phi = s_phi + jnp.sum(w * phi, axis=1)
             count = count + jnp.sum(w, axis=1)
             return i + 1, out.core, s_phi_u, s_u, s_phi, count
