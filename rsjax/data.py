@@ -299,17 +299,19 @@ def _load_imagefolder(root: Path, limit: int | None, image_size: int | None, spe
 
 
 def resize_center_crop(image, size: int):
-    """Resize the short side of a PIL image to ``size`` (bilinear, antialiased), then keep the
-    central ``size`` x ``size`` square (offsets rounded as torchvision's CenterCrop)."""
+    """Resize the short side of a PIL image to ``size`` (PIL bilinear, antialiased when shrinking;
+    long side ``int(size * long / short)``), then keep the central ``size`` x ``size`` square
+    (offsets ``int(round((side - size) / 2))``), as torchvision's ``Resize(size)`` then
+    ``CenterCrop(size)`` on PIL images."""
     from PIL import Image
 
     width, height = image.size
     if (width, height) == (size, size):
         return image
     if min(width, height) != size:
-        scale = size / min(width, height)
-        new_w = size if width <= height else max(size, int(round(width * scale)))
-        new_h = size if height <= width else max(size, int(round(height * scale)))
+        # long side int(size * long / short), as torchvision's Resize(int)
+        new_w = size if width <= height else int(size * width / height)
+        new_h = size if height <= width else int(size * height / width)
         image = image.resize((new_w, new_h), Image.BILINEAR)
         width, height = new_w, new_h
     left = int(round((width - size) / 2.0))

@@ -78,3 +78,15 @@ def test_errors_exit_2_with_message(tmp_path, capsys, fmnist_dir):
     assert "'cifar'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--recipe", "bogus", "--out", str(tmp_path / "x.ckpt")])
+
+
+@pytest.mark.slow
+def test_default_recipe_reaches_88_percent(tmp_path, fmnist_dir, capsys):
+    """The documented default: `rsjax train --dataset fashion-mnist:train --out CKPT` (15 epochs of
+    the default MLP; ~35 s on an idle 2-core CPU, see experiments/train_defaults.py for timings)."""
+    out = tmp_path / "default.ckpt"
+    assert main(["train", "--dataset", "fashion-mnist:train", "--data-dir", str(fmnist_dir), "--out", str(out),
+                 "--json", "--no-progress"]) == 0
+    summary = _json_out(capsys)
+    assert summary["metadata"]["arch"] == "fmnist_mlp"
+    assert summary["test_accuracy"] >= 0.88
