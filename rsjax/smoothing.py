@@ -263,6 +263,8 @@ def votes(
     costs nothing: n = 0 there), runs one compiled program, returns numpy counts [B,K] and
     evaluations [B]. ``early_stop=True`` stops each point once its plurality label is decided
     (same label as the full vote, fewer evaluations; the counts are then partial).
+    The chunk walked is min(chunk_size, next power of two >= B*n), so small jobs do not pay for a
+    full chunk (at most log2(chunk_size) programs per batch bucket).
     ``logits_fn`` must be a hashable pure function (e.g. ``Classifier.logits_fn``): the compiled
     program is cached on it, and sigma and n are runtime values (no recompilation)."""
     _check_vote_args(sigma, n, chunk_size, noise)
@@ -277,8 +279,10 @@ def votes(
     n_vec[:b] = n
     if size > b:
         x = jnp.concatenate([x, jnp.zeros((size - b, *x.shape[1:]), x.dtype)])
+    # never walk a chunk larger than the whole job (B*n < chunk_size): a power of two below it
+    chunk = min(chunk_size, batch_bucket(max(int(n_vec.sum()), 1)))
     res = _votes_jit(logits_fn, x, _pad_keys(keys, size), jnp.float32(sigma), jnp.asarray(n_vec),
-                     num_classes=num_classes, chunk_size=chunk_size, clip=clip, noise=noise,
+                     num_classes=num_classes, chunk_size=chunk, clip=clip, noise=noise,
                      stop="label" if early_stop else None)
     return VoteResult(np.asarray(res.counts)[:b], np.asarray(res.evaluations)[:b])
 
