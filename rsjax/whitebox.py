@@ -104,16 +104,18 @@ def _ddn_jit(logits_fn, x, y, *, steps, gamma, init_norm, alpha_max, alpha_min, 
     misclassified = jnp.argmax(logits_fn(x), axis=-1) != y
 
     def bisect(_, s):
-        lo, hi = s
+        lo, hi, p_hi = s
         mid = 0.5 * (lo + hi)
         p = x + _bc(mid, x) * (best - x)
         a = jnp.argmax(logits_fn(p), axis=-1) != y
-        return jnp.where(a, lo, mid), jnp.where(a, mid, hi)
+        return jnp.where(a, lo, mid), jnp.where(a, mid, hi), jnp.where(_bc(a, x), p, p_hi)
 
-    lo, hi = jax.lax.fori_loop(0, refine_iterations, bisect,
-                               (jnp.zeros((b,), jnp.float32), jnp.ones((b,), jnp.float32)))
-    hi = jnp.where(found & ~misclassified, hi, jnp.where(misclassified, 0.0, 1.0))
-    x_adv = x + _bc(hi, x) * (best - x)
+    # carry the last point answered adversarial itself (recomputing it from hi could round it
+    # back onto the boundary)
+    _, _, p_hi = jax.lax.fori_loop(
+        0, refine_iterations, bisect,
+        (jnp.zeros((b,), jnp.float32), jnp.ones((b,), jnp.float32), best))
+    x_adv = jnp.where(_bc(found & ~misclassified, x), p_hi, x)
     return x_adv, found | misclassified, misclassified
 
 
