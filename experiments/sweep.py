@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Run (or resume) the paper's study: certified vs practical robustness of randomized smoothing.
+
+    python experiments/sweep.py                      # the embedded default (<= 15 min, 2-core CPU)
+    python experiments/sweep.py --preset smoke       # about a minute
+    python experiments/sweep.py --preset full        # 200 images, 2,000 queries (hours on CPU)
+    python experiments/sweep.py --checkpoint resnet20=cifar_resnet20.ckpt \\
+        --data npz:../shared/data/cifar10/test_jpeg.npz --sigmas 0.12 0.25 --out runs/cifar
+
+Everything goes to one directory (default ``runs/sweep-<preset>-<config hash>``): config.json,
+env.json, models.json, accuracy.jsonl, certify.jsonl, records.jsonl, summary.csv, figures and
+report.md. Killing the sweep and starting it again resumes it; a changed configuration in an
+existing --out directory is refused. See rsjax/sweep.py for the protocol.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from rsjax.sweep import PRESETS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--out", default=None, help="output directory (default runs/sweep-<preset>-<hash>)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                   help="attack this checkpoint instead of the preset's trained models (repeatable)")
+    p.add_argument("--data", default=None, help="test data spec (fashion-mnist:test, npz:PATH, imagefolder:DIR)")
+    p.add_argument("--sigmas", type=float, nargs="+", default=None, help="sigma grid")
+    p.add_argument("--ns", type=int, nargs="+", default=None, help="n values attacked")
+    p.add_argument("--pas", type=float, nargs="+", default=None, help="levels P_a")
+    p.add_argument("--criterion", default=None, choices=["level", "label"])
+    p.add_argument("--attacks", nargs="+", default=None, choices=["hsja", "surfree", "rays"])
+    p.add_argument("--queries", type=int, default=None, help="query budget per image")
+    p.add_argument("--images", type=int, default=None, help="number of attacked images")
+    p.add_argument("--eval-images", type=int, default=None)
+    p.add_argument("--certify-images", type=int, default=None)
+    p.add_argument("--certify-n", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--cache", default=None, help="checkpoint cache (default $RSJAX_CACHE or ~/.cache/rsjax)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="do not write summary/figures/report.md")
+    p.add_argument("--max-tasks", type=int, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace):
+    from rsjax.sweep import preset, with_checkpoints
+
+    cfg = preset(args.preset)
+    if args.checkpoint:
+        named = {}
+        for item in args.checkpoint:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                from rsjax.errors import InputError
+                raise InputError(f"--checkpoint takes NAME=PATH, got {item!r}")
+            named[name] = path
+        cfg = with_checkpoints(cfg, named)
+        cfg = dataclasses.replace(cfg, preset=f"{cfg.preset}+checkpoints")
+    overrides = {"data": args.data, "ns": args.ns and tuple(args.ns), "pas": args.pas and tuple(args.pas),
+                 "criterion": args.criterion, "attacks": args.attacks and tuple(args.attacks),
+                 "max_queries": args.queries, "n_images": args.images, "eval_images": args.eval_images,
+                 "certify_images": args.certify_images, "certify_n": args.certify_n, "seed": args.seed}
+    if args.sigmas:
+        overrides["sigmas"] = tuple(args.sigmas)
+        overrides["models"] = tuple(dataclasses.replace(m, sigmas=None) for m in cfg.models)
+    if args.ns:
+        overrides["eval_ns"] = tuple(sorted(set(cfg.eval_ns) | set(args.ns)))
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return cfg.validate()
+
+
+def main(argv=None) -> int:
+    from rsjax.errors import RsjaxError
+    from rsjax.results import config_hash
+    from rsjax.sweep import run_sweep
+
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+        out = args.out or f"runs/sweep-{cfg.preset}-{config_hash(cfg.to_dict())}"
+        print(f"sweep: preset {cfg.preset} -> {out}", file=sys.stderr, flush=True)
+        run_sweep(cfg, out, progress=not args.no_progress, cache=args.cache,
+                  write_report=not args.no_report, max_tasks=args.max_tasks)
+    except RsjaxError as e:
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

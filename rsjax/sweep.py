@@ -1,0 +1,980 @@
+"""The paper's study as one resumable sweep: certified vs practical robustness of randomized
+smoothing (Maho, Furon, Le Merrer, ICASSP 2022) over a grid of (model, sigma, n, P_a, attack).
+
+Pipeline (``run_sweep``), every stage appending JSON lines to the output directory as it goes:
+
+1. **models**: each :class:`ModelEntry` is a given checkpoint or is trained with
+   :func:`rsjax.train.train` (recipes ``standard``, ``gaussian`` = RandTrain, ``pgd`` = AdvTrain)
+   and cached in ``$RSJAX_CACHE`` (default ``~/.cache/rsjax``) under
+   ``checkpoints/<arch>-<recipe>-<hash>.ckpt``, the hash being that of the resolved training
+   configuration and training data spec: an identical request reuses the file.
+2. **accuracy** (``accuracy.jsonl``): clean accuracy of each base classifier f and, per sigma
+   and n in ``eval_ns``, the accuracy of the practical smoothed classifier g_{sigma,n}
+   (plurality vote of n micro-decisions f(x + sigma N_j), lowest-index ties) and of Cohen's
+   PREDICT at ``predict_alpha`` (abstentions count as errors), on ``eval_images`` test images.
+3. **certification** (``certify.jsonl``): Cohen's CERTIFY(x, n0, n, alpha) at every (model, sigma)
+   for the first ``certify_images`` images of the seeded permutation of the test set (and at
+   least all attacked images): prediction and radius R = sigma Phi^{-1}(p_A_lower) per image.
+   Certified accuracy at r = fraction of these images correctly classified with R >= r.
+4. **attacks** (``records.jsonl``): the attacked images are the first ``n_images`` images of the
+   seeded permutation that *every* model's base classifier f classifies correctly (so models
+   are compared on the same images). Settings: per model, the no-RS baseline (oracle f) and per
+   sigma, n in ``ns`` and P_a in ``pas`` the smoothed oracle with criterion
+
+   * ``level`` (default; the authors' simulation shortcut): a query point is adversarial when at
+     least k = ceil(n * P_a) of its n micro-decisions differ from the true label;
+   * ``label``: the voted label of g_{sigma,n} differs from the true label (P_a not used).
+
+   n = 1 makes P_a irrelevant (k = 1 for every P_a): it is run once with ``p_a = null``.
+   One record per image x setting holds the attack outcome (status, success, l2, linf, queries,
+   base-model evaluations), that image's certified radius at the same sigma (with n0, n, alpha),
+   and the level reached: the fraction of ``level_calls`` independent calls of g_{sigma,n} at the
+   adversarial point that return a wrong label, with a Clopper-Pearson interval.
+
+Randomness: one ``seed``. Stream s of image i uses ``fold_in(fold_in(key(seed), s), image_id)``
+(s = 1 accuracy, 2 certification, 3 attacks, 4 level estimation), so every number depends on
+(seed, image, setting) only, never on batch composition, resumption or device count.
+
+Oracle with traced parameters: the attacks' jitted programs take (model variables, sigma, n, k)
+as *arguments* (:class:`ParamOracle`), so one compiled program per (attack, architecture,
+criterion, batch size) serves every model, sigma, n and P_a of the sweep; batch sizes are
+restricted to a few buckets (powers of 4 below the batch size) by padding with finished rows.
+Votes use :func:`rsjax.smoothing.vote_counts` with an exact early stop (the decision "adversarial
+or not" is the one the full n-sample vote would give, with the same noise): ``evaluations``
+counts the base-model evaluations actually spent; ``queries * n`` is the nominal cost.
+
+Scale-out (one host): the image batch of each attack is sharded over all visible devices with
+``jax.shard_map`` on a 1-D mesh ``Mesh(jax.devices(), ('batch',))``: every device advances its
+slice of the images (in_specs ``P('batch')``, parameters replicated); the rows of an attack are
+independent, so results do not depend on the device count (tested with 1 and 2 CPU devices via
+``XLA_FLAGS=--xla_force_host_platform_device_count=2``). Buckets are multiples of the device
+count.
+
+Multi-host (documented, not tested here): start one process per host with
+``jax.distributed.initialize(coordinator_address, num_processes, process_id)`` before anything
+else; each process then attacks the images ``ids[process_index::process_count]`` of every
+setting on a mesh of its ``jax.local_devices()`` and writes its own
+``records.p<process_index>.jsonl`` and ``certify.p<process_index>.jsonl`` (every process
+certifies the whole certification set: same keys, same numbers; the ``accuracy`` stage runs on
+process 0 only); :mod:`rsjax.report` reads every ``records*.jsonl`` / ``certify*.jsonl`` file of
+the directory and de-duplicates by key. Keys never collide
+because images are disjoint, and the per-image randomness does not depend on the split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsjax.errors import InputError
+
+STREAM_ACCURACY, STREAM_CERTIFY, STREAM_ATTACK, STREAM_LEVEL = 1, 2, 3, 4
+CRITERIA = ("level", "label")
+CRITERION_NOTES = {
+    "none": "no randomized smoothing: the oracle is the base classifier f (adversarial iff f(x) != y)",
+    "level": "the authors' shortcut: a query counts as adversarial when at least k = ceil(n * P_a) "
+             "of its n micro-decisions f(x + sigma N_j) differ from the true label",
+    "label": "the voted label of g_{sigma,n} (plurality, lowest-index ties) differs from the true label",
+}
+
+
+# =============================================================================================
+# Oracle with traced parameters
+# =============================================================================================
+@jax.tree_util.register_pytree_node_class
+@dataclass(frozen=True)
+class OracleParams:
+    """Runtime (traced) parameters of :class:`ParamOracle`: model variables, sigma, n, and k
+    (the number of wrong micro-decisions that makes a point adversarial under 'level')."""
+
+    variables: Any
+    sigma: Any
+    n: Any
+    k: Any
+
+    def tree_flatten(self):
+        return (self.variables, self.sigma, self.n, self.k), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+class ParamOracle:
+    """A decision oracle (contract of :mod:`rsjax.oracle`) whose numbers are traced values.
+
+    ``kind``: 'none' (base classifier f: adversarial iff argmax f(x) != y, 1 evaluation),
+    'level' (adversarial iff #{j < n : f(x + sigma N_j) != y} >= k) or 'label' (adversarial iff
+    the plurality of the n micro-decisions, lowest-index ties, is not y). Sample j of the query
+    with key kq uses the noise key fold_in(kq, j) (:func:`rsjax.smoothing.vote_counts`), and the
+    vote stops as soon as the answer is decided (exact)."""
+
+    def __init__(self, apply_fn: Callable, params: OracleParams, num_classes: int, kind: str,
+                 chunk_size: int = 2048, noise: str = "hash"):
+        if kind not in ("none",) + CRITERIA:
+            raise InputError(f"oracle kind must be one of none, {', '.join(CRITERIA)}; got {kind!r}")
+        self.apply_fn = apply_fn
+        self.params = params
+        self.num_classes = num_classes
+        self.kind = kind
+        self.name = f"param-{kind}"
+        self.chunk_size = chunk_size
+        self.noise = noise
+
+    def _logits(self, x):
+        return self.apply_fn(self.params.variables, x)
+
+    def decide(self, x, y, keys=None):
+        from rsjax.oracle import OracleAnswer
+        from rsjax.smoothing import label_vs_reference_decided, vote_counts, wrong_count_decided
+
+        if self.kind == "none":
+            adv = jnp.argmax(self._logits(x), axis=-1) != y
+            return OracleAnswer(adv, jnp.ones(adv.shape, jnp.int32))
+        p = self.params
+        if self.kind == "level":
+            stop = lambda c, r: wrong_count_decided(c, r, y, p.k)  # noqa: E731
+        else:
+            stop = lambda c, r: label_vs_reference_decided(c, r, y)  # noqa: E731
+        res = vote_counts(self._logits, x, keys, p.sigma, p.n, self.num_classes,
+                          chunk_size=vote_chunk_size(x.shape[0], self.chunk_size), noise=self.noise, stop=stop)
+        ny = jnp.take_along_axis(res.counts, y[:, None], axis=-1)[:, 0]
+        if self.kind == "level":
+            adv = (jnp.sum(res.counts, axis=-1) - ny) >= p.k
+        else:
+            adv = jnp.argmax(res.counts, axis=-1) != y
+        return OracleAnswer(adv, res.evaluations.astype(jnp.int32))
+
+    def max_evaluations_per_query(self) -> int:
+        return 1 if self.kind == "none" else int(self.params.n)
+
+
+def vote_chunk_size(points: int, cap: int) -> int:
+    """Static slot count of one voting chunk for a query of ``points`` points: 4 slots per
+    point (next power of two), between 128 and ``cap``. A fixed large chunk wastes most of its
+    slots on the one-point-per-image queries of binary searches (B points x n samples); n is a
+    traced value, so the chunk cannot follow it."""
+    return int(min(cap, max(128, 4 * (1 << max(0, (points - 1).bit_length())))))
+
+
+class _Handle:
+    """What :meth:`DecisionAttack.run` receives as 'oracle' when programs are injected: it only
+    reads ``num_classes``; the programs close over nothing setting-specific."""
+
+    def __init__(self, num_classes: int, params: OracleParams, kind: str):
+        self.num_classes = num_classes
+        self.params = params
+        self.kind = kind
+        self.name = f"param-{kind}"
+
+
+def _allowed_sizes(full: int, ndev: int) -> list[int]:
+    """Batch sizes compiled for a batch of ``full`` rows: full, full/4, full/16, ... rounded up
+    to multiples of the device count (padding rows are finished rows, they cost one oracle
+    evaluation slot each but no query)."""
+    sizes, s = set(), full
+    while True:
+        sizes.add(int(math.ceil(s / ndev)) * ndev)
+        if s <= 1:
+            break
+        s = max(1, s // 4)
+    return sorted(sizes)
+
+
+def _pad_rows(tree, size: int):
+    """Pad every leaf's leading axis to ``size`` by repeating row 0."""
+    def pad(a):
+        b = a.shape[0]
+        if b == size:
+            return a
+        return jnp.concatenate([a, jnp.repeat(a[:1], size - b, axis=0)], axis=0)
+    return jax.tree.map(pad, tree)
+
+
+class AttackPrograms:
+    """Compiled start/chunk programs of one attack for one (architecture, criterion), shared by
+    every setting (parameters are arguments), sharded over ``mesh`` (1-D axis 'batch')."""
+
+    def __init__(self, attack, apply_fn: Callable, num_classes: int, kind: str, mesh=None,
+                 chunk_size: int = 2048, noise: str = "hash"):
+        from jax.sharding import PartitionSpec as P
+
+        self.attack = attack
+        self.kind = kind
+        self.mesh = mesh
+        self.ndev = 1 if mesh is None else mesh.devices.size
+        self.full = None
+
+        def oracle_of(params):
+            return ParamOracle(apply_fn, params, num_classes, kind, chunk_size=chunk_size, noise=noise)
+
+        def start(params, env):
+            return attack._start(oracle_of(params), env)
+
+        def chunk(params, env, core, extra):
+            return attack._chunk(oracle_of(params), env, core, extra)
+
+        if mesh is not None and self.ndev > 1:
+            from rsjax.attacks.common import AttackEnv
+
+            b = P("batch")
+            env_spec = AttackEnv(b, b, b, b, P())
+            start = jax.shard_map(start, mesh=mesh, in_specs=(P(), env_spec), out_specs=b, check_vma=False)
+            chunk = jax.shard_map(chunk, mesh=mesh, in_specs=(P(), env_spec, b, b),
+                                  out_specs=(b, b, P(None, "batch")), check_vma=False)
+        self._start = jax.jit(start)
+        self._chunk = jax.jit(chunk)
+
+    def _size_for(self, b: int) -> int:
+        if self.full is None or b > self.full:
+            self.full = max(b, self.ndev)
+        for s in _allowed_sizes(self.full, self.ndev):
+            if s >= b:
+                return s
+        return b  # pragma: no cover
+
+    def functions(self, handle: _Handle):
+        """(start, chunk) with the signatures :meth:`DecisionAttack.run` expects."""
+        params = handle.params
+
+        def start(env):
+            b = env.x.shape[0]
+            size = self._size_for(b)
+            if size != b:
+                env = _pad_env(env, size)
+            core, extra = self._start(params, env)
+            return jax.tree.map(lambda a: a[:b], (core, extra))
+
+        def chunk(env, core, extra):
+            b = env.x.shape[0]
+            size = self._size_for(b)
+            if size != b:
+                env = _pad_env(env, size)
+                core = _pad_rows(core, size)
+                core = core._replace(done=core.done.at[b:].set(True))
+                extra = _pad_rows(extra, size)
+            core, extra, trace = self._chunk(params, env, core, extra)
+            core, extra = jax.tree.map(lambda a: a[:b], (core, extra))
+            return core, extra, jax.tree.map(lambda a: a[:, :b], trace)
+
+        return start, chunk
+
+
+def _pad_env(env, size: int):
+    b = env.x.shape[0]
+    x, y, keys, valid = _pad_rows((env.x, env.y, env.image_keys, env.valid), size)
+    return env._replace(x=x, y=y, image_keys=keys, valid=valid.at[b:].set(False))
+
+
+def run_attack(programs: AttackPrograms, params: OracleParams, num_classes: int, x, y, ids, key,
+               max_queries: int, batch_size: int):
+    """Run ``programs.attack`` with the injected programs (``DecisionAttack.run`` does the host
+    loop, budgets and bookkeeping); returns its :class:`AttackResult`."""
+    attack = programs.attack
+    handle = _Handle(num_classes, params, programs.kind)
+    original = attack.__dict__.get("_functions")
+    attack._functions = lambda oracle: programs.functions(oracle)
+    try:
+        return attack.run(handle, x, y, key, max_queries, image_ids=ids, batch_size=batch_size)
+    finally:
+        if original is None:
+            del attack._functions
+        else:  # pragma: no cover
+            attack._functions = original
+
+
+def make_mesh(devices: Sequence | None = None):
+    """1-D mesh with axis 'batch' over ``devices`` (default: all local devices)."""
+    from jax.sharding import Mesh
+
+    devs = list(jax.local_devices() if devices is None else devices)
+    return Mesh(np.array(devs), ("batch",))
+
+
+# =============================================================================================
+# Configuration
+# =============================================================================================
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the sweep: trained with ``recipe`` (and ``train`` overrides of
+    :class:`rsjax.train.TrainConfig`) and cached, or loaded from ``checkpoint`` (its SHA-256 is
+    part of the configuration, so a changed file is a changed configuration). ``sigmas``: the
+    sigma grid of this model (None: the sweep's ``sigmas``)."""
+
+    name: str
+    recipe: str | None = "standard"
+    train: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    sigmas: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that determines the sweep's numbers (written to ``config.json``; a different
+    configuration in an existing output directory is refused). See the presets' docstrings for
+    how the default grid was sized."""
+
+    preset: str = "default"
+    data: str = "fashion-mnist:test"
+    train_data: str = "fashion-mnist:train"
+    train_limit: int | None = None
+    arch: str = "fmnist_mlp"
+    models: tuple[ModelEntry, ...] = ()
+    sigmas: tuple[float, ...] = (0.12, 0.25)
+    ns: tuple[int, ...] = (1, 10, 100)
+    pas: tuple[float, ...] = (0.5, 0.8)
+    criterion: str = "level"
+    attacks: tuple[str, ...] = ("hsja", "surfree", "rays")
+    attack_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    max_queries: int = 1000
+    n_images: int = 50
+    attack_batch: int = 64
+    baseline: bool = True
+    eval_images: int = 10_000
+    eval_ns: tuple[int, ...] = (1, 10, 100)
+    predict_alpha: float = 0.001
+    certify_images: int = 500
+    certify_n0: int = 100
+    certify_n: int = 10_000
+    certify_alpha: float = 0.001
+    level_calls: int = 100
+    level_confidence: float = 0.95
+    noise: str = "hash"
+    vote_chunk: int = 2048
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def model_sigmas(self, entry: ModelEntry) -> tuple[float, ...]:
+        return tuple(entry.sigmas) if entry.sigmas is not None else tuple(self.sigmas)
+
+    def validate(self) -> "SweepConfig":
+        from rsjax.attacks import ATTACKS
+        from rsjax.errors import check_int_at_least, check_open_unit, check_positive
+
+        if not self.models:
+            raise InputError("the sweep needs at least one model")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise InputError(f"model names must be distinct, got {names}")
+        for m in self.models:
+            if m.checkpoint is None and m.recipe is None:
+                raise InputError(f"model {m.name!r} needs a recipe or a checkpoint")
+            for s in self.model_sigmas(m):
+                check_positive(f"sigma of model {m.name!r}", s)
+        for n in self.ns + self.eval_ns:
+            check_int_at_least("n", n, 1)
+        for p in self.pas:
+            check_open_unit("P_a", p)
+        if self.criterion not in CRITERIA:
+            raise InputError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        for a in self.attacks:
+            if a not in ATTACKS:
+                raise InputError(f"unknown attack {a!r}; known: {', '.join(ATTACKS)}")
+        for name, v in (("max_queries", self.max_queries), ("n_images", self.n_images),
+                        ("attack_batch", self.attack_batch), ("eval_images", self.eval_images),
+                        ("certify_images", self.certify_images), ("certify_n0", self.certify_n0),
+                        ("certify_n", self.certify_n), ("level_calls", self.level_calls)):
+            check_int_at_least(name, v, 1)
+        for name, v in (("predict_alpha", self.predict_alpha), ("certify_alpha", self.certify_alpha),
+                        ("level_confidence", self.level_confidence)):
+            check_open_unit(name, v)
+        return self
+
+
+def fmnist_models(sigma_train: float, eps: float, epochs: int | None = None, pgd_epochs: int | None = None,
+                  pgd_steps: int = 7, sigmas: Mapping[str, Sequence[float]] | None = None) -> tuple[ModelEntry, ...]:
+    """The paper's three models on Fashion-MNIST: Standard, RandTrain (Gaussian noise
+    sigma_train) and AdvTrain (L2 PGD of radius eps)."""
+    sig = dict(sigmas or {})
+    base = {} if epochs is None else {"epochs": epochs}
+    adv = dict(base, eps=eps, pgd_steps=pgd_steps)
+    if pgd_epochs is not None:
+        adv["epochs"] = pgd_epochs
+    return (
+        ModelEntry("standard", "standard", dict(base), sigmas=_tup(sig.get("standard"))),
+        ModelEntry("randtrain", "gaussian", dict(base, sigma=sigma_train), sigmas=_tup(sig.get("randtrain"))),
+        ModelEntry("advtrain", "pgd", adv, sigmas=_tup(sig.get("advtrain"))),
+    )
+
+
+def _tup(v):
+    return None if v is None else tuple(float(s) for s in v)
+
+
+def preset(name: str) -> SweepConfig:
+    """``default`` (<= 15 min on a 2-core CPU), ``smoke`` (about a minute, for tests) or
+    ``full`` (the paper-sized grid: 200 images, 2,000 queries)."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def _default() -> SweepConfig:
+    """The embedded default: Fashion-MNIST MLP, Standard / RandTrain / AdvTrain.
+
+    How it was sized is documented in the module-level constants below (DEFAULT_NOTES)."""
+    return SweepConfig(
+        preset="default",
+        models=fmnist_models(sigma_train=0.25, eps=1.0, pgd_epochs=5, pgd_steps=3),
+        sigmas=(0.12, 0.25),
+        ns=(1, 10, 100),
+        pas=(0.5, 0.8),
+        max_queries=1000,
+        n_images=50,
+        eval_images=10_000,
+        eval_ns=(1, 10, 100),
+        certify_images=500,
+        certify_n=10_000,
+        level_calls=100,
+    )
+
+
+def _smoke() -> SweepConfig:
+    """Tiny grid for tests: two models trained for one epoch on 2,000 images, one sigma,
+    n in {1, 5}, 4 images, 60 queries."""
+    return SweepConfig(
+        preset="smoke",
+        train_limit=2000,
+        models=(ModelEntry("standard", "standard", {"epochs": 1}),
+                ModelEntry("randtrain", "gaussian", {"epochs": 1, "sigma": 0.25})),
+        sigmas=(0.25,),
+        ns=(1, 5),
+        pas=(0.5, 0.8),
+        attacks=("hsja", "surfree", "rays"),
+        attack_options={"hsja": {"init_num_evals": 10, "probe_batch": 10}},
+        max_queries=60,
+        n_images=4,
+        attack_batch=4,
+        eval_images=200,
+        eval_ns=(1, 5),
+        certify_images=8,
+        certify_n0=10,
+        certify_n=100,
+        level_calls=10,
+    )
+
+
+def _full() -> SweepConfig:
+    """The paper-sized grid: 200 images, 2,000 queries, n in {1, 10, 30, 100}, P_a in {0.5, 0.8},
+    CERTIFY with n = 100,000 (Cohen's reference) on 500 images. Hours on a CPU; minutes on a GPU."""
+    return SweepConfig(
+        preset="full",
+        models=fmnist_models(sigma_train=0.25, eps=1.0),
+        sigmas=(0.12, 0.25),
+        ns=(1, 10, 30, 100),
+        pas=(0.5, 0.8),
+        max_queries=2000,
+        n_images=200,
+        attack_batch=128,
+        eval_images=10_000,
+        eval_ns=(1, 10, 30, 100, 1000),
+        certify_images=500,
+        certify_n=100_000,
+        level_calls=200,
+    )
+
+
+PRESETS: dict[str, Callable[[], SweepConfig]] = {"default": _default, "smoke": _smoke, "full": _full}
+
+
+def with_checkpoints(config: SweepConfig, checkpoints: Mapping[str, str], sigmas: Sequence[float] | None = None) -> SweepConfig:
+    """Replace the models by the given ``name -> checkpoint path`` (e.g. the converted CIFAR
+    ResNet-20); the architecture is read from each checkpoint."""
+    from rsjax.checkpoints import read_checkpoint_header
+
+    models = []
+    for name, path in checkpoints.items():
+        header = read_checkpoint_header(path)
+        models.append(ModelEntry(name, None, {}, str(Path(path).resolve()), header["sha256"],
+                                 None if sigmas is None else tuple(sigmas)))
+    arch = read_checkpoint_header(next(iter(checkpoints.values())))["arch"] if checkpoints else config.arch
+    return dataclasses.replace(config, models=tuple(models), arch=arch)
+
+
+def config_from_dict(d: Mapping[str, Any]) -> SweepConfig:
+    """Inverse of :meth:`SweepConfig.to_dict` (for re-running or resuming from ``config.json``)."""
+    d = dict(d)
+    d["models"] = tuple(ModelEntry(**{**m, "sigmas": _tup(m.get("sigmas"))}) for m in d["models"])
+    for k in ("sigmas", "ns", "pas", "attacks", "eval_ns"):
+        d[k] = tuple(d[k])
+    return SweepConfig(**d)
+
+
+# =============================================================================================
+# Models: train or reuse cached checkpoints
+# =============================================================================================
+def cache_dir() -> Path:
+    """``$RSJAX_CACHE`` or ``~/.cache/rsjax``."""
+    return Path(os.environ.get("RSJAX_CACHE") or Path.home() / ".cache" / "rsjax")
+
+
+def resolved_train_config(entry: ModelEntry, config: SweepConfig):
+    from rsjax.train import TrainConfig, resolve_config
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(entry.train) - fields)
+    if unknown:
+        raise InputError(f"model {entry.name!r}: unknown training option(s) {unknown}")
+    seed = entry.train.get("seed", config.seed)
+    return resolve_config(TrainConfig(arch=config.arch, recipe=entry.recipe, **{**entry.train, "seed": seed}))
+
+
+def cached_checkpoint_path(entry: ModelEntry, config: SweepConfig, root: Path | None = None) -> Path:
+    """Cache file of a trained model: keyed by the resolved training configuration, the
+    training data spec and limit."""
+    from rsjax.results import config_hash
+
+    tc = resolved_train_config(entry, config)
+    key = config_hash({"train": dataclasses.asdict(tc), "data": config.train_data, "limit": config.train_limit})
+    return (root or cache_dir()) / "checkpoints" / f"{tc.arch}-{tc.recipe}-{key}.ckpt"
+
+
+def prepare_models(config: SweepConfig, log: Callable[[str], None], root: Path | None = None,
+                   eval_data=None) -> tuple[dict, dict]:
+    """Load or train every model. Returns (name -> Classifier, name -> info dict)."""
+    from rsjax.classifier import Classifier
+    from rsjax.checkpoints import read_checkpoint_header
+
+    classifiers, info = {}, {}
+    train_data = None
+    for entry in config.models:
+        if entry.checkpoint is not None:
+            header = read_checkpoint_header(entry.checkpoint)
+            if entry.checkpoint_sha256 and header["sha256"] != entry.checkpoint_sha256:
+                raise InputError(f"checkpoint {entry.checkpoint} changed since this sweep's config was written")
+            path, trained, seconds = Path(entry.checkpoint), False, 0.0
+        else:
+            path = cached_checkpoint_path(entry, config, root)
+            trained, seconds = False, 0.0
+            if not path.is_file():
+                from rsjax.data import load_dataset
+                from rsjax.train import train
+
+                if train_data is None:
+                    train_data = load_dataset(config.train_data, limit=config.train_limit)
+                tc = resolved_train_config(entry, config)
+                log(f"training {entry.name} ({tc.arch}, recipe {tc.recipe}, {tc.epochs} epochs) -> {path}")
+                t0 = time.perf_counter()
+                train(tc, train_data, eval_data, out=path, progress=False, log=log)
+                seconds = time.perf_counter() - t0
+                trained = True
+            else:
+                log(f"reusing cached checkpoint of {entry.name}: {path}")
+        clf = Classifier.from_checkpoint(str(path))
+        if tuple(clf.input_shape) != tuple(config_input_shape(config, clf)):
+            raise InputError(f"model {entry.name!r} expects {clf.input_shape}")
+        classifiers[entry.name] = clf
+        meta = dict(clf.metadata or {})
+        meta.pop("history", None)
+        info[entry.name] = {"checkpoint": str(path), "trained_now": trained, "train_seconds": seconds,
+                            "sha256": read_checkpoint_header(path)["sha256"], "metadata": meta}
+    return classifiers, info
+
+
+def config_input_shape(config: SweepConfig, clf) -> tuple:
+    return clf.input_shape
+
+
+# =============================================================================================
+# Settings and keys
+# =============================================================================================
+@dataclass(frozen=True)
+class Setting:
+    """One attack setting: ``sigma``/``n``/``p_a`` are None for the no-RS baseline
+    (criterion 'none'); ``p_a`` is None when it does not matter (n = 1, or criterion 'label')."""
+
+    model: str
+    sigma: float | None
+    n: int | None
+    p_a: float | None
+    criterion: str
+    attack: str
+
+    @property
+    def k_wrong(self) -> int | None:
+        """Wrong micro-decisions that make a point adversarial ('level'): ceil(n * P_a), 1 for n = 1."""
+        from rsjax.theory import level_wrong_count
+
+        if self.criterion != "level":
+            return None
+        return 1 if self.n == 1 else level_wrong_count(self.n, self.p_a)
+
+    def fields(self) -> dict:
+        return {"model": self.model, "sigma": self.sigma, "n": self.n, "p_a": self.p_a,
+                "criterion": self.criterion, "attack": self.attack}
+
+    def label(self) -> str:
+        if self.criterion == "none":
+            return f"{self.model} no-RS {self.attack}"
+        pa = "" if self.p_a is None else f" Pa={self.p_a:g}"
+        return f"{self.model} s={self.sigma:g} n={self.n}{pa} {self.attack}"
+
+
+def enumerate_settings(config: SweepConfig) -> list[Setting]:
+    """Every attack setting of the sweep, in run order (per model: baselines, then sigma, n, P_a,
+    attack). n = 1 and criterion 'label' are run once with p_a None."""
+    out = []
+    for m in config.models:
+        if config.baseline:
+            out += [Setting(m.name, None, None, None, "none", a) for a in config.attacks]
+        for s in config.model_sigmas(m):
+            for n in config.ns:
+                pas = (None,) if (n == 1 or config.criterion == "label") else tuple(config.pas)
+                for pa in pas:
+                    out += [Setting(m.name, float(s), int(n), pa, config.criterion, a) for a in config.attacks]
+    return out
+
+
+def attack_record_key(setting: Setting, image: int) -> str:
+    from rsjax.results import record_key
+
+    return record_key(kind="attack", image=int(image), **setting.fields())
+
+
+def stream_key(seed: int, stream: int) -> jax.Array:
+    """``fold_in(key(seed), stream)``: the root of one kind of randomness."""
+    return jax.random.fold_in(jax.random.key(seed), stream)
+
+
+# =============================================================================================
+# Image selection
+# =============================================================================================
+def permutation(n_total: int, seed: int) -> np.ndarray:
+    """The seeded random order of the test set (numpy ``default_rng(seed)``)."""
+    return np.random.default_rng(seed).permutation(n_total)
+
+
+def select_images(correct: Mapping[str, np.ndarray], order: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` test indices of ``order`` that every model classifies correctly
+    (``correct[name]`` [N] bool over the test set)."""
+    ok = np.logical_and.reduce([np.asarray(c, bool) for c in correct.values()])
+    chosen = order[ok[order]][:k]
+    if len(chosen) < k:
+        raise InputError(f"only {len(chosen)} test images are classified correctly by every model; "
+                         f"asked for {k}")
+    return chosen.astype(np.int64)
+
+
+def process_slice(ids: np.ndarray, index: int | None = None, count: int | None = None) -> np.ndarray:
+    """Images of this process in a multi-host run: ``ids[index::count]`` (all when one process)."""
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    return np.asarray(ids)[index::count]
+
+
+def batches(ids: np.ndarray, size: int) -> list[np.ndarray]:
+    """Fixed consecutive batches of the image list: a resumed run rebuilds exactly the same
+    batches (same composition, hence bit-identical results)."""
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+# =============================================================================================
+# Stages
+# =============================================================================================
+def _apply_fn(clf) -> Callable:
+    module = clf.spec.build()
+    return lambda variables, x: module.apply(variables, x, train=False)
+
+
+def accuracy_records(name: str, clf, images: np.ndarray, labels: np.ndarray, ids: np.ndarray,
+                     sigma: float | None, config: SweepConfig, base_pred: np.ndarray | None = None) -> list[dict]:
+    """Accuracy of f (sigma None: one record, n None) or of g_{sigma,n} and PREDICT for each n of
+    ``eval_ns`` (one record each) on the test images ``ids``."""
+    from rsjax.results import record_key
+    from rsjax.smoothing import ABSTAIN, votes
+
+    t0 = time.perf_counter()
+    if sigma is None:
+        pred = clf.predict(images[ids]) if base_pred is None else base_pred[ids]
+        return [{"key": record_key(kind="accuracy", model=name, sigma=None, n=None), "kind": "accuracy",
+                 "model": name, "sigma": None, "n": None, "num_images": int(len(ids)),
+                 "accuracy": float(np.mean(pred == labels[ids])), "seconds": time.perf_counter() - t0}]
+    keys = _image_keys(stream_key(config.seed, STREAM_ACCURACY), ids)
+    out = []
+    for n in config.eval_ns:
+        t1 = time.perf_counter()
+        counts = []
+        for lo in range(0, len(ids), 256):
+            res = votes(clf.logits_fn, images[ids[lo:lo + 256]], keys[lo:lo + 256], sigma, n,
+                        clf.num_classes, chunk_size=config.vote_chunk, noise=config.noise)
+            counts.append(res.counts)
+        counts = np.concatenate(counts)
+        pred = counts.argmax(-1)
+        predict = predict_labels(counts, n, config.predict_alpha)
+        y = labels[ids]
+        out.append({"key": record_key(kind="accuracy", model=name, sigma=float(sigma), n=int(n)),
+                    "kind": "accuracy", "model": name, "sigma": float(sigma), "n": int(n),
+                    "num_images": int(len(ids)), "accuracy": float(np.mean(pred == y)),
+                    "predict_alpha": config.predict_alpha,
+                    "predict_accuracy": float(np.mean(predict == y)),
+                    "abstention_rate": float(np.mean(predict == ABSTAIN)),
+                    "seconds": time.perf_counter() - t1})
+    return out
+
+
+def predict_labels(counts: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """Cohen's PREDICT from full counts, vectorized: top class unless n_A < t[n_A + n_B]
+    (:func:`rsjax.smoothing.predict_min_top_count`), then -1."""
+    from rsjax.smoothing import ABSTAIN, predict_min_top_count
+
+    table = predict_min_top_count(int(n), alpha)
+    order = np.argsort(-counts, axis=-1, kind="stable")
+    n_a = np.take_along_axis(counts, order[:, :1], -1)[:, 0]
+    n_b = np.take_along_axis(counts, order[:, 1:2], -1)[:, 0]
+    return np.where(n_a >= table[n_a + n_b], order[:, 0], ABSTAIN)
+
+
+def _image_keys(root: jax.Array, ids) -> jax.Array:
+    from rsjax.oracle import image_keys
+
+    return image_keys(root, jnp.asarray(np.asarray(ids, np.int64)))
+
+
+def certify_records(name: str, clf, images: np.ndarray, labels: np.ndarray, ids: np.ndarray,
+                    sigma: float, config: SweepConfig) -> list[dict]:
+    """Cohen's CERTIFY at ``sigma`` for the images ``ids`` (one record per image)."""
+    from rsjax.results import record_key
+    from rsjax.smoothing import certify
+
+    t0 = time.perf_counter()
+    keys = _image_keys(stream_key(config.seed, STREAM_CERTIFY), ids)
+    res = certify(clf.logits_fn, images[ids], keys, sigma, config.certify_n0, config.certify_n,
+                  config.certify_alpha, clf.num_classes, chunk_size=config.vote_chunk, noise=config.noise)
+    dt = (time.perf_counter() - t0) / max(len(ids), 1)
+    return [{"key": record_key(kind="certify", model=name, sigma=float(sigma), image=int(i)),
+             "kind": "certify", "model": name, "sigma": float(sigma), "image": int(i), "label": int(labels[i]),
+             "prediction": int(p), "radius": float(r), "correct": bool(p == labels[i]),
+             "n0": config.certify_n0, "n": config.certify_n, "alpha": config.certify_alpha, "seconds": dt}
+            for i, p, r in zip(ids, res.predictions, res.radii)]
+
+
+L2_AT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+def attack_records(setting: Setting, result, labels: np.ndarray, ids: np.ndarray,
+                   certified: Mapping[int, dict] | None, level, config: SweepConfig, seconds: float) -> list[dict]:
+    """One record per image of an :class:`rsjax.attacks.AttackResult` (see module docstring)."""
+    out = []
+    checkpoints = sorted({max(1, int(round(f * config.max_queries))) for f in L2_AT_FRACTIONS})
+    l2_at = {q: result.distortion_at(q, "l2") for q in checkpoints}
+    for row, i in enumerate(ids):
+        i = int(i)
+        cert = (certified or {}).get(i)
+        rec = {
+            "key": attack_record_key(setting, i), "kind": "attack", **setting.fields(),
+            "k_wrong": setting.k_wrong, "criterion_note": CRITERION_NOTES[setting.criterion],
+            "image": i, "label": int(labels[i]), "status": str(result.status[row]),
+            "success": bool(result.success[row]), "l2": float(result.l2[row]), "linf": float(result.linf[row]),
+            "queries": int(result.queries[row]), "evaluations": int(result.evaluations[row]),
+            "max_queries": int(result.max_queries), "steps": int(result.steps[row]),
+            "l2_at": {str(q): float(v[row]) for q, v in l2_at.items()},
+            "radius": None if cert is None else cert["radius"],
+            "certify_prediction": None if cert is None else cert["prediction"],
+            "certify": None if cert is None else {"n0": cert["n0"], "n": cert["n"], "alpha": cert["alpha"]},
+            "seconds": seconds,
+        }
+        if level is None:  # deterministic oracle: the level is 1 where an adversarial is known
+            lv = 1.0 if rec["success"] else 0.0
+            rec.update(level=lv, level_low=lv, level_high=lv, level_calls=0, level_confidence=None)
+        else:
+            rec.update(level=float(level.level[row]), level_low=float(level.low[row]),
+                       level_high=float(level.high[row]), level_calls=int(level.calls),
+                       level_confidence=config.level_confidence)
+        out.append(rec)
+    return out
+
+
+# =============================================================================================
+# The sweep
+# =============================================================================================
+class _Progress:
+    """tqdm bar on stderr over estimated cost units (base-model evaluations plus a per-query
+    overhead), so its ETA is meaningful; the postfix counts tasks done / total."""
+
+    def __init__(self, tasks: list[tuple[str, float, bool]], enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.total_tasks = len(tasks)
+        self.done_tasks = sum(1 for _, _, done in tasks if done)
+        total = sum(c for _, c, _ in tasks)
+        initial = sum(c for _, c, done in tasks if done)
+        self.bar = tqdm(total=total, initial=initial, file=sys.stderr, disable=not enabled, unit="ev",
+                        unit_scale=True, smoothing=0.05, mininterval=1.0, desc="sweep",
+                        bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
+        self._post()
+
+    def _post(self, what: str = ""):
+        self.bar.set_postfix_str(f"tasks {self.done_tasks}/{self.total_tasks} {what}")
+
+    def start(self, what: str):
+        self._post(what)
+
+    def finish(self, cost: float):
+        self.done_tasks += 1
+        self.bar.update(cost)
+        self._post()
+
+    def close(self):
+        self.bar.close()
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = True,
+              cache: str | os.PathLike | None = None, log: Callable[[str], None] = _log,
+              write_report: bool = True, max_tasks: int | None = None) -> Path:
+    """Run (or resume) the sweep of ``config`` into ``out`` (see module docstring).
+
+    A finished record is never recomputed; a changed configuration in ``out`` raises InputError.
+    ``max_tasks`` stops after that many newly computed tasks (for tests and partial runs)."""
+    from rsjax.attacks import get_attack
+    from rsjax.data import load_dataset
+    from rsjax.oracle import SmoothedOracle, level_of
+    from rsjax.results import RecordStore, dumps, environment_info, open_run_dir
+
+    config.validate()
+    wall0 = time.perf_counter()
+    out = open_run_dir(out, config.to_dict())
+    env_path = out / "env.json"
+    if not env_path.exists():
+        env_path.write_text(json.dumps(json.loads(dumps(environment_info(config.seed))), indent=2) + "\n")
+    runs = out / "runs.jsonl"
+    with open(runs, "a") as f:
+        f.write(dumps({"event": "start", "time": time.time(), "devices": [str(d) for d in jax.devices()]}) + "\n")
+
+    data = load_dataset(config.data)
+    classifiers, model_info = prepare_models(config, log, None if cache is None else Path(cache), data)
+    (out / "models.json").write_text(json.dumps(json.loads(dumps(model_info)), indent=2) + "\n")
+    images, labels = data.images, data.labels
+    base_pred = {name: clf.predict(images) for name, clf in classifiers.items()}
+    correct = {name: p == labels for name, p in base_pred.items()}
+    order = permutation(len(labels), config.seed)
+    attacked = select_images(correct, order, config.n_images)
+    pos_last = int(np.flatnonzero(np.isin(order, attacked)).max())
+    certify_ids = order[:max(config.certify_images, pos_last + 1)]
+    eval_ids = order[:min(config.eval_images, len(order))]
+    (out / "images.json").write_text(json.dumps({
+        "attacked": attacked.tolist(), "certified": certify_ids.tolist(),
+        "evaluated": {"count": int(len(eval_ids)), "first": eval_ids[:10].tolist()}}) + "\n")
+    my_images = process_slice(attacked)
+    suffix = "" if jax.process_count() == 1 else f".p{jax.process_index()}"
+    lead = jax.process_index() == 0
+
+    acc_store = RecordStore(out / "accuracy.jsonl")
+    cert_store = RecordStore(out / f"certify{suffix}.jsonl")
+    rec_store = RecordStore(out / f"records{suffix}.jsonl")
+    from rsjax.results import record_key
+
+    # ---- the task list (cost estimates drive the progress bar's ETA)
+    tasks: list[tuple[str, float, bool, Callable[[], None]]] = []
+
+    def add(label, cost, done, fn):
+        tasks.append((label, float(cost), bool(done), fn))
+
+    for m in config.models:
+        clf = classifiers[m.name]
+        if lead:
+            add(f"accuracy {m.name}", len(eval_ids),
+                record_key(kind="accuracy", model=m.name, sigma=None, n=None) in acc_store,
+                partial(lambda name, c: acc_store.append(accuracy_records(name, c, images, labels, eval_ids, None,
+                                                                          config, base_pred[name])), m.name, clf))
+            for s in config.model_sigmas(m):
+                done = all(record_key(kind="accuracy", model=m.name, sigma=float(s), n=int(n)) in acc_store
+                           for n in config.eval_ns)
+                add(f"RS accuracy {m.name} s={s:g}", len(eval_ids) * sum(config.eval_ns), done,
+                    partial(lambda name, c, s_: acc_store.append(
+                        accuracy_records(name, c, images, labels, eval_ids, s_, config)), m.name, clf, float(s)))
+        for s in config.model_sigmas(m):
+            for chunk in batches(certify_ids, 256):
+                done = all(record_key(kind="certify", model=m.name, sigma=float(s), image=int(i)) in cert_store
+                           for i in chunk)
+                add(f"certify {m.name} s={s:g}", len(chunk) * (config.certify_n0 + config.certify_n),
+                    done,
+                    partial(lambda name, c, s_, ids_: cert_store.append(
+                        certify_records(name, c, images, labels, ids_, s_, config)), m.name, clf, float(s), chunk))
+
+    settings = enumerate_settings(config)
+    mesh = make_mesh() if jax.local_device_count() > 1 else None
+    attacks = {a: get_attack(a, **dict(config.attack_options.get(a, {}))) for a in config.attacks}
+    programs: dict[tuple[str, str, str], AttackPrograms] = {}
+    label_oracles: dict[tuple[str, float, int], Any] = {}
+    attack_root = stream_key(config.seed, STREAM_ATTACK)
+    level_root = stream_key(config.seed, STREAM_LEVEL)
+
+    def certified_of(name: str, sigma: float, ids) -> dict[int, dict]:
+        want = {record_key(kind="certify", model=name, sigma=float(sigma), image=int(i)) for i in ids}
+        return {r["image"]: r for r in cert_store if r["key"] in want}
+
+    def run_setting_batch(st: Setting, ids: np.ndarray) -> None:
+        clf = classifiers[st.model]
+        kind = st.criterion
+        pkey = (st.attack, clf.spec.name, kind)
+        if pkey not in programs:
+            programs[pkey] = AttackPrograms(attacks[st.attack], _apply_fn(clf), clf.num_classes, kind, mesh,
+                                            chunk_size=config.vote_chunk, noise=config.noise)
+        params = OracleParams(clf.variables, jnp.float32(st.sigma or 1.0), jnp.int32(st.n or 1),
+                              jnp.int32(st.k_wrong or 1))
+        t0 = time.perf_counter()
+        res = run_attack(programs[pkey], params, clf.num_classes, images[ids], labels[ids], ids, attack_root,
+                         config.max_queries, config.attack_batch)
+        level, cert = None, None
+        if st.criterion != "none":
+            lkey = (st.model, st.sigma, st.n)
+            if lkey not in label_oracles:
+                label_oracles[lkey] = SmoothedOracle(clf.logits_fn, clf.num_classes, st.sigma, st.n, "label",
+                                                     chunk_size=config.vote_chunk, noise=config.noise)
+            level = level_of(label_oracles[lkey], res.x_adv, labels[ids], level_root, calls=config.level_calls,
+                             confidence=config.level_confidence, image_ids=ids)
+            cert = certified_of(st.model, st.sigma, ids)
+        seconds = (time.perf_counter() - t0) / len(ids)
+        rec_store.append(attack_records(st, res, labels, ids, cert, level, config, seconds))
+
+    for st in settings:
+        for ids in batches(my_images, config.attack_batch):
+            done = all(attack_record_key(st, i) in rec_store for i in ids)
+            n = st.n or 1
+            cost = len(ids) * config.max_queries * (0.5 * n + 20)
+            if st.criterion != "none":
+                cost += len(ids) * config.level_calls * n
+            add(f"{st.label()} [{len(ids)} images]", cost, done, partial(run_setting_batch, st, ids))
+
+    bar = _Progress([(t[0], t[1], t[2]) for t in tasks], progress)
+    new, left = 0, sum(1 for t in tasks if not t[2])
+    try:
+        for label, cost, done, fn in tasks:
+            if done:
+                continue
+            if max_tasks is not None and new >= max_tasks:
+                break
+            bar.start(label)
+            fn()
+            new += 1
+            left -= 1
+            bar.finish(cost)
+    finally:
+        bar.close()
+    complete = left == 0
+    with open(runs, "a") as f:
+        f.write(dumps({"event": "finish" if complete else "stopped", "time": time.time(),
+                       "wall_s": time.perf_counter() - wall0, "new_tasks": new, "tasks": len(tasks)}) + "\n")
+    if write_report and complete and lead:
+        from rsjax.report import write_report as _write
+
+        _write(out)
+    return out
