@@ -832,6 +832,22 @@ class _Progress:
         self.bar.close()
 
 
+def enable_compilation_cache(root: Path | None = None) -> Path | None:
+    """Persist XLA executables under ``<cache>/xla`` (``jax_compilation_cache_dir``), unless the
+    user already configured a cache or ``RSJAX_NO_XLA_CACHE`` is set: a resumed or repeated sweep
+    then skips most compilation (the sweep compiles a few dozen programs)."""
+    if os.environ.get("RSJAX_NO_XLA_CACHE"):
+        return None
+    if jax.config.jax_compilation_cache_dir:
+        return Path(jax.config.jax_compilation_cache_dir)
+    path = (root or cache_dir()) / "xla"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -850,6 +866,7 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
 
     config.validate()
     wall0 = time.perf_counter()
+    enable_compilation_cache(Path(cache) if cache is not None else None)
     out = open_run_dir(out, config.to_dict())
     env_path = out / "env.json"
     if not env_path.exists():
