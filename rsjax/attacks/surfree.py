@@ -65,11 +65,8 @@ from rsjax.attacks.common import (
     bcast,
     clip01,
     flat,
-    l2_norm,
     query_one,
     remaining,
-    safe_normalize,
-    update_best,
 )
 from rsjax.errors import InputError
 from rsjax.oracle import Oracle
@@ -136,6 +133,52 @@ class SurFreeState(NamedTuple):
 
 # --------------------------------------------------------------------------- pure maths
 
+def tree_sum(a: jax.Array, axis: int = -1) -> jax.Array:
+    """Sum over ``axis`` in a fixed pairwise order (halves added elementwise, odd lengths padded
+    with one zero). Unlike ``jnp.sum``, whose XLA CPU code generation depends on the other
+    dimensions (measured: row sums of a [B, 64] array differ in the last bit between B = 1 and
+    B = 4), the result for one row never depends on the batch size: this is what makes an
+    image's trajectory independent of its batch."""
+    a = jnp.moveaxis(a, axis, -1)
+    while a.shape[-1] > 1:
+        if a.shape[-1] % 2:
+            a = jnp.concatenate([a, jnp.zeros(a.shape[:-1] + (1,), a.dtype)], axis=-1)
+        half = a.shape[-1] // 2
+        a = a[..., :half] + a[..., half:]
+    return a[..., 0]
+
+
+def row_dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Batch-invariant per-row inner product of [B, ...] arrays -> [B]."""
+    return tree_sum(flat(a) * flat(b))
+
+
+def row_norm(a: jax.Array) -> jax.Array:
+    """Batch-invariant per-row L2 norm of a [B, ...] array -> [B]."""
+    return jnp.sqrt(row_dot(a, a))
+
+
+def unit(a: jax.Array) -> jax.Array:
+    """a / ||a|| per row ([B, D]); rows of zero or non-finite norm become 0 (never NaN)."""
+    n = row_norm(a)
+    ok = (n > 0) & jnp.isfinite(n)
+    return jnp.where(ok[:, None], a / jnp.where(ok, n, 1.0)[:, None], 0.0)
+
+
+def keep_best(env: AttackEnv, core: AttackCore, candidate: jax.Array, ok: jax.Array) -> AttackCore:
+    """:func:`rsjax.attacks.common.update_best` (L2 metric) with batch-invariant norms."""
+    d = candidate - env.x
+    l2 = row_norm(d)
+    linf = jnp.max(jnp.abs(flat(d)), axis=1)  # max is exact in any order
+    better = ok & (l2 < core.best_l2)
+    return core._replace(
+        best_x=jnp.where(bcast(better, candidate), candidate, core.best_x),
+        best_l2=jnp.where(better, l2, core.best_l2),
+        best_linf=jnp.where(better, linf, core.best_linf),
+        found=core.found | ok,
+    )
+
+
 def quantize(x: jax.Array) -> jax.Array:
     """Round to the 8-bit grid: ``round(255 x) / 255`` (half to even, like torch.round)."""
     return jnp.round(x * 255.0) / 255.0
@@ -148,8 +191,8 @@ def circle_point(x: jax.Array, x_adv: jax.Array, v: jax.Array, theta_deg: jax.Ar
     unit and orthogonal to u, theta [B] degrees. Clipped to [0,1] when ``clip``. With r = 0
     it returns x (no NaN)."""
     diff = flat(x_adv - x)
-    r = l2_norm(diff)
-    u = safe_normalize(diff)
+    r = row_norm(diff)
+    u = unit(diff)
     t = jnp.deg2rad(theta_deg)
     c, s = jnp.cos(t), jnp.sin(t)
     step = (r * c)[:, None] * (c[:, None] * u + s[:, None] * v)
@@ -180,19 +223,19 @@ def orthogonal_direction(r: jax.Array, u: jax.Array, history: jax.Array) -> tupl
     history, which has to stay orthonormal. A zero result stays zero (never NaN).
     Returns (v, exhausted)."""
     def off_history(a):
-        coef = jnp.sum(history * a[:, None, :], axis=-1)
-        return a - jnp.sum(coef[:, :, None] * history, axis=1)
+        coef = tree_sum(history * a[:, None, :], axis=-1)
+        return a - tree_sum(coef[:, :, None] * history, axis=1)
 
     def off(a, b):  # a minus its component along unit-or-zero b
-        return a - jnp.sum(a * b, axis=1, keepdims=True) * b
+        return a - row_dot(a, b)[:, None] * b
 
     v1 = off_history(off_history(r))  # twice: classical Gram-Schmidt loses orthogonality in float32
     u_perp_raw = off_history(off_history(u))
-    u_perp = jnp.where((l2_norm(u_perp_raw) > 1e-6)[:, None], safe_normalize(u_perp_raw), 0.0)
+    u_perp = jnp.where((row_norm(u_perp_raw) > 1e-6)[:, None], unit(u_perp_raw), 0.0)
     v = off(v1, u_perp)
-    exhausted = l2_norm(v) <= 1e-2 * l2_norm(r)
+    exhausted = row_norm(v) <= 1e-2 * row_norm(r)
     v = jnp.where(exhausted[:, None], off(r, u), v)
-    return safe_normalize(v), exhausted
+    return unit(v), exhausted
 
 
 def update_theta_max(theta_max: jax.Array, success: jax.Array, failure: jax.Array, rho: float) -> jax.Array:
@@ -257,8 +300,21 @@ class SurFree(DecisionAttack):
         x = clip01(x) if self.config.clip else x
         return quantize(x) if self.config.quantization else x
 
-    # -- init: start search
+    # -- single-image batches run as two rows (see _as_two_rows)
     def init(self, oracle: Oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
+        if env.x.shape[0] == 1:
+            env2, (core2, active2) = _as_two_rows(env, (core, active))
+            return _first_row(self._init(oracle, env2, core2, active2))
+        return self._init(oracle, env, core, active)
+
+    def step(self, oracle: Oracle, env: AttackEnv, core: AttackCore, s: "SurFreeState", active: jax.Array):
+        if env.x.shape[0] == 1:
+            env2, (core2, s2, active2) = _as_two_rows(env, (core, s, active))
+            return _first_row(self._step(oracle, env2, core2, s2, active2))
+        return self._step(oracle, env, core, s, active)
+
+    # -- init: start search
+    def _init(self, oracle: Oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
         c = self.config
         x = env.x
         key0 = attack_keys(env.image_keys, 0)
@@ -276,7 +332,7 @@ class SurFree(DecisionAttack):
             point = self._ask(clip01(x + c.start_sigma * noise))
             out = query_one(oracle, env, core_, point, want)
             start = jnp.where(bcast(out.adversarial, x), point, start)
-            core_ = update_best(env, out.core, point, out.adversarial)
+            core_ = keep_best(env, out.core, point, out.adversarial)
             return t + 1, core_, start
 
         _, core, start = jax.lax.while_loop(cond, body, (jnp.int32(0), core, x))
@@ -303,7 +359,7 @@ class SurFree(DecisionAttack):
         c = self.config
         keys = attack_keys(env.image_keys, s.n_dirs + 1)
         raw = jax.vmap(lambda k, wgt: dct.random_dct_direction(k, wgt, c.beta))(keys, s.basis)
-        u = safe_normalize(flat(s.x_adv - env.x))
+        u = unit(flat(s.x_adv - env.x))
         v, exhausted = orthogonal_direction(flat(raw), u, s.history)
         restart = need & exhausted
         history = jax.lax.cond(jnp.any(restart), lambda h: jnp.where(restart[:, None, None], 0.0, h),
@@ -315,7 +371,7 @@ class SurFree(DecisionAttack):
         return s._replace(v=jnp.where(need[:, None], v, s.v), history=history,
                           n_dirs=s.n_dirs + need.astype(jnp.int32))
 
-    def step(self, oracle: Oracle, env: AttackEnv, core: AttackCore, s: SurFreeState, active: jax.Array):
+    def _step(self, oracle: Oracle, env: AttackEnv, core: AttackCore, s: SurFreeState, active: jax.Array):
         c = self.config
         x = env.x
         coefs = jnp.asarray(probe_coefficients(c.T))
@@ -339,7 +395,7 @@ class SurFree(DecisionAttack):
 
         asking = active & (s.phase != DONE)
         out = query_one(oracle, env, core, point, asking)
-        core = update_best(env, out.core, point, out.adversarial)
+        core = keep_best(env, out.core, point, out.adversarial)
         adv = out.adversarial
         ph = s.phase
         sel = lambda m, a, b: jnp.where(bcast(m, a), a, b)  # noqa: E731
@@ -413,7 +469,7 @@ class SurFree(DecisionAttack):
         # ---- transient phases (no query), in a fixed order
         rem = remaining(env, core)
         ls_end = phase == _LS_END
-        x_adv = sel(ls_end & (l2_norm(s.ls_best - x) < l2_norm(s.x_adv - x)), s.ls_best, s.x_adv)
+        x_adv = sel(ls_end & (row_norm(s.ls_best - x) < row_norm(s.x_adv - x)), s.ls_best, s.x_adv)
         s = s._replace(x_adv=x_adv)
         phase = jnp.where(ls_end, jnp.where(s.ls_final, DONE, _BEGIN_STEP), phase)
 
@@ -427,7 +483,7 @@ class SurFree(DecisionAttack):
         phase = jnp.where(low_budget & (phase == PROBE), _GO_FINAL, phase)
 
         end = phase == _END_STEP
-        closer = l2_norm(s.cand - x) < l2_norm(s.x_adv - x)
+        closer = row_norm(s.cand - x) < row_norm(s.x_adv - x)
         s = s._replace(x_adv=sel(end & closer, s.cand, s.x_adv), n_steps=s.n_steps + end.astype(jnp.int32),
                        probe=jnp.where(end, 0, s.probe))
         phase = jnp.where(end, _BEGIN_STEP, phase)
@@ -445,6 +501,25 @@ class SurFree(DecisionAttack):
         s = s._replace(phase=phase)
         core = core._replace(done=core.done | (active & (phase == DONE)))
         return core, s
+
+
+def _as_two_rows(env: AttackEnv, tree):
+    """Duplicate the single row of ``env`` and of every array in ``tree``; the copy is marked
+    invalid (never queried, never active). XLA CPU compiles [1, ...] programs differently
+    (degenerate-dimension simplifications change where a*b+c is contracted into an FMA, so
+    results differ in the last bit from the same row inside a larger batch); running them as
+    two rows makes a single image follow exactly the trajectory it has in any batch."""
+    two = lambda a: jnp.concatenate([a, a], axis=0)  # noqa: E731
+    env2 = AttackEnv(two(env.x), two(env.y), two(env.image_keys),
+                     jnp.concatenate([env.valid, jnp.zeros((1,), bool)]), env.max_queries)
+    tree2 = jax.tree.map(two, tree)
+    *rest, active = tree2
+    active = active.at[1].set(False)
+    return env2, (*rest, active)
+
+
+def _first_row(tree):
+    return jax.tree.map(lambda a: a[:1], tree)
 
 
 __all__ = ["SurFree", "SurFreeConfig", "SurFreeState", "alpha", "alpha_bisection_update", "circle_point",
