@@ -27,7 +27,8 @@ STAGE_TOL = 1e-3
 
 
 def flax_to_torch_layout(arch: str, variables: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    """The inverse mapping, written independently for the tests: Flax variables -> a PyTorch-layout
+    """Inverse of the converter (key names from expected_tensors, checked against real PyTorch keys
+    by the reference tests below): Flax variables -> a PyTorch-layout
     state_dict (OIHW convs, [out, in] linears, BN running stats, plus num_batches_tracked)."""
     sd: dict[str, np.ndarray] = {}
     for key, target in expected_tensors(arch).items():
