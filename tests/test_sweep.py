@@ -1,0 +1,264 @@
+"""The sweep: settings grid, image selection, the traced-parameter oracle against
+rsjax.oracle.SmoothedOracle, the checkpoint cache key, refusal of a changed configuration,
+kill-and-resume of a real smoke run, and identical results on 1 and 2 devices."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rsjax import sweep
+from rsjax.errors import InputError
+from rsjax.results import open_run_dir, read_records
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING_FIELDS = {"seconds"}
+
+
+# ------------------------------------------------------------------------------------ grid
+
+def test_settings_grid_no_duplicate_pa_for_n1():
+    cfg = dataclasses.replace(sweep.preset("default"), ns=(1, 10), pas=(0.5, 0.8), attacks=("hsja", "rays"))
+    st = sweep.enumerate_settings(cfg)
+    keys = [(s.model, s.sigma, s.n, s.p_a, s.attack) for s in st]
+    assert len(keys) == len(set(keys))
+    n1 = [s for s in st if s.n == 1]
+    assert n1 and all(s.p_a is None and s.k_wrong == 1 for s in n1)
+    # per model: 2 baselines + per sigma (1 + 2) * 2 attacks
+    per_model = 2 + len(cfg.sigmas) * 3 * 2
+    assert len(st) == per_model * len(cfg.models)
+    base = [s for s in st if s.criterion == "none"]
+    assert len(base) == 2 * len(cfg.models) and all(s.sigma is None and s.n is None for s in base)
+    k = {(s.n, s.p_a): s.k_wrong for s in st if s.n == 10}
+    assert k == {(10, 0.5): 5, (10, 0.8): 8}
+    label = sweep.enumerate_settings(dataclasses.replace(cfg, criterion="label"))
+    assert all(s.p_a is None for s in label if s.criterion == "label")
+
+
+def test_select_images_first_correct_by_every_model():
+    correct = {"a": np.array([1, 1, 0, 1, 1, 1], bool), "b": np.array([1, 0, 1, 1, 1, 1], bool)}
+    order = np.array([5, 2, 1, 4, 0, 3])
+    assert sweep.select_images(correct, order, 3).tolist() == [5, 4, 0]
+    with pytest.raises(InputError, match="only 4"):
+        sweep.select_images(correct, order, 5)
+
+
+def test_batches_and_process_slices_and_sizes():
+    ids = np.arange(10)
+    assert [b.tolist() for b in sweep.batches(ids, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    parts = [sweep.process_slice(ids, i, 3) for i in range(3)]
+    assert sorted(np.concatenate(parts).tolist()) == ids.tolist()
+    assert sweep._allowed_sizes(64, 1) == [1, 4, 16, 64]
+    assert sweep._allowed_sizes(64, 2) == [2, 4, 16, 64]
+    assert all(s % 3 == 0 for s in sweep._allowed_sizes(50, 3))
+
+
+def test_presets_validate_and_round_trip():
+    for name in sweep.PRESETS:
+        cfg = sweep.preset(name).validate()
+        assert sweep.config_from_dict(cfg.to_dict()) == cfg
+    full = sweep.preset("full")
+    assert full.n_images == 200 and full.max_queries == 2000
+    with pytest.raises(InputError):
+        sweep.preset("nope")
+    with pytest.raises(InputError, match="criterion"):
+        dataclasses.replace(sweep.preset("smoke"), criterion="vote").validate()
+
+
+def test_checkpoint_cache_key_follows_training_config(tmp_path):
+    cfg = sweep.preset("smoke")
+    std, rand = cfg.models
+    p1 = sweep.cached_checkpoint_path(std, cfg, tmp_path)
+    assert p1 == sweep.cached_checkpoint_path(std, cfg, tmp_path)
+    assert p1.parent == tmp_path / "checkpoints"
+    assert p1 != sweep.cached_checkpoint_path(rand, cfg, tmp_path)
+    other = dataclasses.replace(rand, train={**rand.train, "sigma": 0.5})
+    assert sweep.cached_checkpoint_path(other, cfg, tmp_path) != sweep.cached_checkpoint_path(rand, cfg, tmp_path)
+    assert sweep.cached_checkpoint_path(std, dataclasses.replace(cfg, train_limit=100), tmp_path) != p1
+
+
+def test_changed_config_is_refused(tmp_path):
+    cfg = sweep.preset("smoke")
+    open_run_dir(tmp_path, cfg.to_dict())
+    changed = dataclasses.replace(cfg, max_queries=cfg.max_queries + 1)
+    with pytest.raises(InputError, match="max_queries"):
+        sweep.run_sweep(changed, tmp_path, progress=False)
+
+
+# ------------------------------------------------------------------------------------ oracle
+
+def _mlp():
+    from rsjax.classifier import Classifier
+    from rsjax.models import get_model_spec
+
+    spec = get_model_spec("fmnist_mlp")
+    return Classifier(spec, spec.init(jax.random.key(1)))
+
+
+@pytest.mark.parametrize("criterion,n,p_a", [("level", 7, 0.5), ("level", 8, 0.8), ("label", 9, None)])
+def test_param_oracle_matches_smoothed_oracle(criterion, n, p_a):
+    """The sweep's traced-parameter oracle answers exactly like rsjax.oracle.SmoothedOracle for the
+    same keys (points near the decision boundary of a random MLP, where answers are random)."""
+    from rsjax.oracle import SmoothedOracle, image_keys
+    from rsjax.theory import level_wrong_count
+
+    clf = _mlp()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (24, 28, 28, 1)).astype(np.float32)
+    y = clf.predict(x)
+    y[::2] = (y[::2] + 1) % 10  # half the points are already 'wrong'
+    keys = image_keys(jax.random.key(5), jnp.arange(24))
+    sigma = 0.8
+    ref = SmoothedOracle(clf.logits_fn, 10, sigma, n, criterion, p_a)
+    k = level_wrong_count(n, p_a) if criterion == "level" else 1
+    params = sweep.OracleParams(clf.variables, jnp.float32(sigma), jnp.int32(n), jnp.int32(k))
+    mine = sweep.ParamOracle(sweep._apply_fn(clf), params, 10, criterion)
+    a = jax.jit(ref.decide)(jnp.asarray(x), jnp.asarray(y), keys)
+    b = jax.jit(lambda p, xx, yy, kk: sweep.ParamOracle(sweep._apply_fn(clf), p, 10, criterion).decide(xx, yy, kk))(
+        params, jnp.asarray(x), jnp.asarray(y), keys)
+    assert np.asarray(a.adversarial).tolist() == np.asarray(b.adversarial).tolist()
+    adv = np.asarray(b.adversarial)
+    assert 0 < adv.sum() < len(adv)  # both answers occur: the comparison is not vacuous
+    assert mine.max_evaluations_per_query() == n
+
+
+# ------------------------------------------------------------------------------------ real runs
+
+def _env(cache: Path) -> dict:
+    env = dict(os.environ)
+    env["RSJAX_CACHE"] = str(cache)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def _sweep_cmd(out: Path) -> list[str]:
+    return [sys.executable, str(REPO / "experiments" / "sweep.py"), "--preset", "smoke", "--out", str(out),
+            "--no-progress"]
+
+
+def _strip(records):
+    return {r["key"]: {k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records}
+
+
+@pytest.fixture(scope="module")
+def smoke_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("rsjax-cache")
+
+
+@pytest.fixture(scope="module")
+def smoke_reference(tmp_path_factory, smoke_cache):
+    """An uninterrupted smoke run (it also fills the checkpoint and XLA caches)."""
+    out = tmp_path_factory.mktemp("smoke") / "ref"
+    p = subprocess.run(_sweep_cmd(out), env=_env(smoke_cache), capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out
+
+
+def test_smoke_run_outputs(smoke_reference):
+    out = smoke_reference
+    for name in ("config.json", "env.json", "records.jsonl", "certify.jsonl", "accuracy.jsonl", "summary.csv",
+                 "report.md", "fig5_distortion_vs_accuracy.png", "fig4_certified_accuracy.png"):
+        assert (out / name).is_file(), name
+    cfg = sweep.config_from_dict(json.loads((out / "config.json").read_text()))
+    recs = read_records(out / "records.jsonl")
+    n_settings = len(sweep.enumerate_settings(cfg))
+    assert len(recs) == n_settings * cfg.n_images
+    assert len({r["key"] for r in recs}) == len(recs)
+    rs = [r for r in recs if r["criterion"] == "level"]
+    assert all(r["radius"] is not None and r["certify"] == {"n0": cfg.certify_n0, "n": cfg.certify_n,
+                                                             "alpha": cfg.certify_alpha} for r in rs)
+    assert all(0.0 <= r["level_low"] <= r["level"] <= r["level_high"] <= 1.0 for r in rs)
+    assert all(r["level_calls"] == cfg.level_calls for r in rs)
+    assert all(r["queries"] <= cfg.max_queries for r in recs)
+    for r in rs:  # evaluations never exceed the nominal n per query
+        assert r["evaluations"] <= r["queries"] * r["n"]
+    env = json.loads((out / "env.json").read_text())
+    assert env["seed"] == cfg.seed and env["devices"]
+
+
+def test_kill_and_resume_matches_uninterrupted(tmp_path, smoke_cache, smoke_reference):
+    out = tmp_path / "killed"
+    env = _env(smoke_cache)
+    proc = subprocess.Popen(_sweep_cmd(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    recs = out / "records.jsonl"
+    deadline = time.time() + 1200
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if recs.is_file() and len(recs.read_bytes().splitlines()) >= 12:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the smoke run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    partial = len(read_records(recs))
+    assert partial >= 12
+    p = subprocess.run(_sweep_cmd(out), env=env, capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for name in ("records.jsonl", "certify.jsonl", "accuracy.jsonl"):
+        got_lines = read_records(out / name)
+        got, ref = _strip(got_lines), _strip(read_records(smoke_reference / name))
+        assert len(got) == len(got_lines), f"duplicates in {name}"
+        assert set(got) == set(ref), name
+        diff = [k for k in ref if got[k] != ref[k]]
+        assert not diff, f"{name}: {len(diff)} records differ, e.g. {diff[:2]}"
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in runs].count("start") == 2
+
+
+def test_one_and_two_devices_give_identical_attacks(tmp_path):
+    """All three attacks under RS (level n=5) and without RS on 6 images: shard_map over a
+    2-device 'batch' mesh vs a single device, in a subprocess with two forced CPU devices."""
+    script = textwrap.dedent("""
+        import json, sys
+        import jax, jax.numpy as jnp, numpy as np
+        assert jax.device_count() == 2, jax.devices()
+        from rsjax import sweep
+        from rsjax.attacks import get_attack
+        from rsjax.classifier import Classifier
+        from rsjax.models import get_model_spec
+        spec = get_model_spec("fmnist_mlp")
+        clf = Classifier(spec, spec.init(jax.random.key(3)))
+        rng = np.random.default_rng(1)
+        x = rng.uniform(0, 1, (6, 28, 28, 1)).astype(np.float32)
+        y = clf.predict(x)
+        ids = np.array([11, 3, 7, 20, 5, 9])
+        mesh = sweep.make_mesh()
+        out = {}
+        for name, opts in [("hsja", {"init_num_evals": 10, "probe_batch": 10}), ("surfree", {}), ("rays", {})]:
+            for kind, n, k in [("none", 1, 1), ("level", 5, 3)]:
+                params = sweep.OracleParams(clf.variables, jnp.float32(0.5), jnp.int32(n), jnp.int32(k))
+                res = []
+                for m in (None, mesh):
+                    progs = sweep.AttackPrograms(get_attack(name, **opts), sweep._apply_fn(clf), 10, kind, m)
+                    r = sweep.run_attack(progs, params, 10, x, y, ids, jax.random.key(0), 40, 8)
+                    res.append((r.l2.tolist(), r.queries.tolist(), r.evaluations.tolist(), r.status.tolist(),
+                                np.asarray(r.x_adv).ravel().tolist()))
+                out[f"{name}-{kind}"] = [res[0] == res[1], res[0][:4]]
+        json.dump(out, sys.stdout)
+    """)
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["RSJAX_NO_XLA_CACHE"] = "1"
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert len(out) == 6
+    for name, (same, (l2, queries, evals, status)) in out.items():
+        assert same, f"{name}: results differ between 1 and 2 devices"
+        assert max(queries) > 1  # attacks ran (not all images misclassified at query 0)
