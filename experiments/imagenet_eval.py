@@ -16,7 +16,12 @@ rounded to their uint8 grids, an approximation of the quantized model itself.
 
     .venv/bin/python experiments/imagenet_eval.py [--checkpoint CKPT | --tflite FILE]
         [--data imagefolder:DIR] [--preprocess all|resize|center-crop|tf-slim] [--limit N]
-        [--json OUT.json]
+        [--json OUT.json] [--write-npz OUT.npz]
+
+``--write-npz OUT.npz`` (with one ``--preprocess``) also saves the preprocessed 224x224 images as
+uint8 with labels and class names, a ``npz:OUT.npz`` dataset the sweep can attack directly
+(``experiments/sweep.py --checkpoint mnv2=CKPT --data npz:OUT.npz``): the sweep loads its data
+without resizing, and val1300's images are 227x227. Keep such files outside the repository.
 """
 from __future__ import annotations
 
@@ -116,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uint8-sim", action="store_true",
                     help="also evaluate the file's reference interpreter with uint8-rounded activations")
     ap.add_argument("--json", help="write the results to this JSON file")
+    ap.add_argument("--write-npz", help="save the preprocessed images (one --preprocess) as a npz: dataset")
     args = ap.parse_args(argv)
+    if args.write_npz and args.preprocess == "all":
+        raise InputError("--write-npz needs one --preprocess (resize, center-crop or tf-slim), not all")
 
     from rsjax.classifier import Classifier
     from rsjax.models.tflite_import import convert_mobilenet_v2, input_to_real, read_tflite, run_reference
@@ -131,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         source = args.tflite
     logits_fn = jax.jit(clf.logits_fn)
     size = clf.input_shape[0]
-    labels = load_dataset(args.data, limit=args.limit, image_size=size).labels
+    reference = load_dataset(args.data, limit=args.limit, image_size=size)
+    labels = reference.labels
     names = PREPROCESSINGS if args.preprocess == "all" else (args.preprocess,)
     results = {"source": str(source), "arch": clf.spec.name, "data": args.data, "n_images": int(len(labels)),
                "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "preprocess": {}}
@@ -141,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         images = preprocess(name, args.data, args.limit, size)
         t_load = time.perf_counter() - t0
+        if args.write_npz:
+            Path(args.write_npz).parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(args.write_npz, images=np.round(images * 255).astype(np.uint8), labels=labels,
+                                classes=np.array(reference.class_names))
+            print(f"wrote {args.write_npz} ({len(labels)} images, {name} preprocessing)")
         batched_logits(logits_fn, images[: args.batch_size], args.batch_size)  # compile once
         t0 = time.perf_counter()
         logits = batched_logits(logits_fn, images, args.batch_size)
