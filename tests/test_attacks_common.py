@@ -282,3 +282,70 @@ def test_queries_counted_exactly_against_recorded_keys(name):
     assert rec.seen == expected_keys(5, [3, 8, 11], res.queries)
     finished_by_budget = res.queries == budget
     assert finished_by_budget.any()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+@pytest.fixture(scope="module")
+def tiny_mlp_problem(tmp_path_factory):
+    """A random-init fmnist_mlp checkpoint and an npz of 3 images (image 1 mislabelled)."""
+    from rsjax.checkpoints import save_checkpoint
+    from rsjax.classifier import Classifier
+    from rsjax.models import get_model_spec
+
+    d = tmp_path_factory.mktemp("cli")
+    save_checkpoint(d / "mlp.ckpt", "fmnist_mlp", get_model_spec("fmnist_mlp").init(jax.random.key(0)))
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    labels = Classifier.from_checkpoint(str(d / "mlp.ckpt")).predict(images[..., None] / 255.0)
+    labels[1] = (labels[1] + 1) % 10
+    np.savez(d / "d.npz", images=images, labels=labels)
+    return d
+
+
+def test_cli_attack_json_and_records(tiny_mlp_problem, capsys):
+    import json
+
+    from rsjax.cli import main
+    from rsjax.results import read_records
+
+    d = tiny_mlp_problem
+    argv = ["attack", "--checkpoint", str(d / "mlp.ckpt"), "--data", f"npz:{d / 'd.npz'}", "--attack", "rays",
+            "--queries", "60", "--seed", "3", "--json", "--out", str(d / "rec.jsonl")]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    s, images = out["summary"], out["images"]
+    for k in ("median_l2", "mean_l2", "success_rate", "max_queries_used", "n_attacked", "n_misclassified"):
+        assert k in s
+    assert s["n_misclassified"] == 1 and s["n_attacked"] + s["n_no_start"] == 2
+    assert s["max_queries_used"] <= 60
+    assert [im["index"] for im in images] == [0, 1, 2]
+    assert images[1]["status"] == "misclassified" and images[1]["l2"] == 0.0 and images[1]["queries"] == 1
+    for im in images:
+        assert set(im) == {"index", "label", "status", "success", "l2", "linf", "queries", "evaluations"}
+        assert im["evaluations"] == im["queries"]
+    recs = read_records(d / "rec.jsonl")
+    assert len(recs) == 3 and {r["index"] for r in recs} == {0, 1, 2}
+    # same command again: same numbers, no duplicate records
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["images"] == images
+    assert len(read_records(d / "rec.jsonl")) == 3
+
+
+def test_cli_attack_smoothed_level_and_bad_flags(tiny_mlp_problem, capsys):
+    import json
+
+    from rsjax.cli import main
+
+    d = tiny_mlp_problem
+    base = ["attack", "--checkpoint", str(d / "mlp.ckpt"), "--data", f"npz:{d / 'd.npz'}", "--attack", "hsja",
+            "--queries", "40", "--limit", "2"]
+    assert main(base + ["--sigma", "0.25", "--n", "5", "--criterion", "level", "--pa", "0.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["n"] == 5 and len(out["images"]) == 2
+    for im in out["images"]:
+        assert im["queries"] <= 40 and im["evaluations"] <= 5 * im["queries"]
+    assert main(base + ["--n", "5"]) == 2
+    assert "--n=5 needs --sigma" in capsys.readouterr().err
+    assert main(base + ["--sigma", "0.25"]) == 2
+    assert "--sigma needs --n" in capsys.readouterr().err
