@@ -298,7 +298,11 @@ class SurFree(DecisionAttack):
     def _ask(self, x: jax.Array) -> jax.Array:
         """The point actually queried: clipped (if ``clip``) and quantised (if ``quantization``)."""
         x = clip01(x) if self.config.clip else x
-        return quantize(x) if self.config.quantization else x
+        x = quantize(x) if self.config.quantization else x
+        # Materialise the point: without the barrier XLA may fuse its arithmetic into the model
+        # (contracting a*b+c into an FMA), so the model would judge an unrounded version of the
+        # point that is stored and reported.
+        return jax.lax.optimization_barrier(x)
 
     # -- single-image batches run as two rows (see _as_two_rows)
     def init(self, oracle: Oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
