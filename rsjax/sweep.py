@@ -332,8 +332,8 @@ class SweepConfig:
     train_limit: int | None = None
     arch: str = "fmnist_mlp"
     models: tuple[ModelEntry, ...] = ()
-    sigmas: tuple[float, ...] = (0.12, 0.25)
-    ns: tuple[int, ...] = (1, 10, 100)
+    sigmas: tuple[float, ...] = (0.55, 0.8)
+    ns: tuple[int, ...] = (1, 5, 10)
     pas: tuple[float, ...] = (0.5, 0.8)
     criterion: str = "level"
     attacks: tuple[str, ...] = ("hsja", "surfree", "rays")
@@ -424,21 +424,37 @@ def preset(name: str) -> SweepConfig:
 
 
 def _default() -> SweepConfig:
-    """The embedded default: Fashion-MNIST MLP, Standard / RandTrain / AdvTrain.
+    """The embedded default (<= 15 min on a quiet 2-core CPU, checkpoints trained on the first run).
 
-    How it was sized is documented in the module-level constants below (DEFAULT_NOTES)."""
+    How it was sized (measured on the shared 2-core machine, see the report):
+
+    * sigma grid: accuracy of g_sigma (n = 100, 2,000 test images) of the standard MLP
+      (clean 90.95 %) is 88.9 / 86.7 / 82.9 / 78.4 % at sigma = 0.5 / 0.6 / 0.7 / 0.8, so
+      sigma = 0.55 gives the paper's small (~3 %) and sigma = 0.8 its large (~12 %) drop. (The
+      MLP hardly notices small noise: at sigma = 0.25 the drop is 0.3 %.)
+    * models: Standard at both sigmas; RandTrain trained at sigma = 0.8 and smoothed at 0.8 (as
+      Cohen's noise-trained model is used at its training sigma); AdvTrain (L2 PGD, eps = 1,
+      3 steps, 5 epochs to keep its training under a minute) at sigma = 0.55.
+    * attack cost: ~0.1-0.3 ms per image-query of attack overhead plus ~15 us per base-model
+      evaluation (MLP + hash noise, chunked votes). 50 images x 500 queries x n summed over
+      n in (1, 5, 10) with both P_a = ~9 M evaluations per attack over the 4 (model, sigma)
+      pairs; n = 100 (the paper's upper end) would alone cost ~10x the whole budget, so it is
+      in the ``full`` preset only. Certification: n = 2,000 (max radius 2.6 sigma at
+      alpha = 0.001) on 300 images; accuracies on 2,000 images with n in (1, 5, 10, 100).
+    """
     return SweepConfig(
         preset="default",
-        models=fmnist_models(sigma_train=0.25, eps=1.0, pgd_epochs=5, pgd_steps=3),
-        sigmas=(0.12, 0.25),
-        ns=(1, 10, 100),
+        models=fmnist_models(sigma_train=0.8, eps=1.0, pgd_epochs=5, pgd_steps=3,
+                             sigmas={"standard": (0.55, 0.8), "randtrain": (0.8,), "advtrain": (0.55,)}),
+        sigmas=(0.55, 0.8),
+        ns=(1, 5, 10),
         pas=(0.5, 0.8),
-        max_queries=1000,
+        max_queries=500,
         n_images=50,
-        eval_images=10_000,
-        eval_ns=(1, 10, 100),
-        certify_images=500,
-        certify_n=10_000,
+        eval_images=2000,
+        eval_ns=(1, 5, 10, 100),
+        certify_images=300,
+        certify_n=2000,
         level_calls=100,
     )
 
@@ -470,11 +486,12 @@ def _smoke() -> SweepConfig:
 
 def _full() -> SweepConfig:
     """The paper-sized grid: 200 images, 2,000 queries, n in {1, 10, 30, 100}, P_a in {0.5, 0.8},
-    CERTIFY with n = 100,000 (Cohen's reference) on 500 images. Hours on a CPU; minutes on a GPU."""
+    every model at both sigmas, CERTIFY with n = 100,000 (Cohen's reference) on 500 images.
+    Hours on a CPU; meant for a GPU."""
     return SweepConfig(
         preset="full",
-        models=fmnist_models(sigma_train=0.25, eps=1.0),
-        sigmas=(0.12, 0.25),
+        models=fmnist_models(sigma_train=0.8, eps=1.0),
+        sigmas=(0.55, 0.8),
         ns=(1, 10, 30, 100),
         pas=(0.5, 0.8),
         max_queries=2000,

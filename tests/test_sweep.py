@@ -135,6 +135,12 @@ def test_param_oracle_matches_smoothed_oracle(criterion, n, p_a):
 
 # ------------------------------------------------------------------------------------ real runs
 
+def _test_cache() -> Path:
+    """Checkpoint + XLA cache of the real-run tests: ``$RSJAX_TEST_CACHE``, else the user's rsjax
+    cache (entries are keyed by content, so sharing it only saves time)."""
+    return Path(os.environ.get("RSJAX_TEST_CACHE") or sweep.cache_dir())
+
+
 def _env(cache: Path) -> dict:
     env = dict(os.environ)
     env["RSJAX_CACHE"] = str(cache)
@@ -153,8 +159,8 @@ def _strip(records):
 
 
 @pytest.fixture(scope="module")
-def smoke_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("rsjax-cache")
+def smoke_cache():
+    return _test_cache()
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +227,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, smoke_cache, smoke_refe
 
 
 def test_one_and_two_devices_give_identical_attacks(tmp_path):
-    """All three attacks under RS (level n=5) and without RS on 6 images: shard_map over a
+    """All three attacks under RS (level n=5), and RayS without RS, on 6 images: shard_map over a
     2-device 'batch' mesh vs a single device, in a subprocess with two forced CPU devices."""
     script = textwrap.dedent("""
         import json, sys
@@ -229,6 +235,7 @@ def test_one_and_two_devices_give_identical_attacks(tmp_path):
         assert jax.device_count() == 2, jax.devices()
         from rsjax import sweep
         from rsjax.attacks import get_attack
+        sweep.enable_compilation_cache()
         from rsjax.classifier import Classifier
         from rsjax.models import get_model_spec
         spec = get_model_spec("fmnist_mlp")
@@ -239,8 +246,10 @@ def test_one_and_two_devices_give_identical_attacks(tmp_path):
         ids = np.array([11, 3, 7, 20, 5, 9])
         mesh = sweep.make_mesh()
         out = {}
-        for name, opts in [("hsja", {"init_num_evals": 10, "probe_batch": 10}), ("surfree", {}), ("rays", {})]:
-            for kind, n, k in [("none", 1, 1), ("level", 5, 3)]:
+        for name, opts, kind, n, k in [("hsja", {"init_num_evals": 10, "probe_batch": 10}, "level", 5, 3),
+                                       ("surfree", {}, "level", 5, 3), ("rays", {}, "level", 5, 3),
+                                       ("rays", {}, "none", 1, 1)]:
+            if True:
                 params = sweep.OracleParams(clf.variables, jnp.float32(0.5), jnp.int32(n), jnp.int32(k))
                 res = []
                 for m in (None, mesh):
@@ -254,11 +263,28 @@ def test_one_and_two_devices_give_identical_attacks(tmp_path):
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["RSJAX_NO_XLA_CACHE"] = "1"
     p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout)
-    assert len(out) == 6
+    assert len(out) == 4
     for name, (same, (l2, queries, evals, status)) in out.items():
         assert same, f"{name}: results differ between 1 and 2 devices"
         assert max(queries) > 1  # attacks ran (not all images misclassified at query 0)
+
+
+def test_given_checkpoints_replace_models(tmp_path):
+    from rsjax.checkpoints import read_checkpoint_header, save_checkpoint
+
+    clf = _mlp()
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, "fmnist_mlp", clf.variables, {"note": "test"})
+    cfg = sweep.with_checkpoints(sweep.preset("smoke"), {"mine": str(path)}, sigmas=[0.3])
+    (m,) = cfg.models
+    assert m.name == "mine" and m.recipe is None and m.checkpoint == str(path.resolve())
+    assert m.checkpoint_sha256 == read_checkpoint_header(path)["sha256"] and m.sigmas == (0.3,)
+    assert cfg.arch == "fmnist_mlp"
+    classifiers, info = sweep.prepare_models(cfg, lambda s: None, tmp_path)
+    assert set(classifiers) == {"mine"} and info["mine"]["trained_now"] is False
+    save_checkpoint(path, "fmnist_mlp", clf.variables, {"note": "changed"})
+    with pytest.raises(InputError, match="changed"):
+        sweep.prepare_models(cfg, lambda s: None, tmp_path)
