@@ -128,11 +128,15 @@ def smoothed_labels(logits_fn: LogitsFn, x, key: jax.Array, sigma: float, n: int
 # Fig. 1: along a direction
 # ---------------------------------------------------------------------------------------------
 def points_along(x_o, x_a, ts) -> np.ndarray:
-    """x_t = x_o + t (x_a - x_o) for each t: [T, H, W, C] (not clipped)."""
+    """x_t = x_o + t (x_a - x_o) for each t: [T, H, W, C] (not clipped). t = 0 and t = 1 give
+    x_o and x_a exactly (recomputing x_a could round a point that sits on a boundary back across)."""
     x_o = np.asarray(x_o, np.float32)
-    d = np.asarray(x_a, np.float32) - x_o
+    x_a = np.asarray(x_a, np.float32)
     ts = np.asarray(ts, np.float32)
-    return x_o[None] + ts.reshape(-1, *([1] * x_o.ndim)) * d[None]
+    shape = (-1,) + (1,) * x_o.ndim
+    pts = x_o[None] + ts.reshape(shape) * (x_a - x_o)[None]
+    pts = np.where(ts.reshape(shape) == 1.0, x_a[None], pts)
+    return np.where(ts.reshape(shape) == 0.0, x_o[None], pts).astype(np.float32)
 
 
 def class_probability(logits_fn: LogitsFn, x, y, key: jax.Array, sigma: float, n: int, num_classes: int,
