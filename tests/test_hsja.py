@@ -107,3 +107,18 @@ def test_unanimous_probes_after_start_give_no_nan(hsja, problem):
     assert_sane(res, 400)
     assert (res.status == "attacked").all()
     assert (res.l2 < 0.05).all()  # it walks toward x
+
+
+@pytest.mark.parametrize("criterion,p_a", [("label", None), ("level", 0.8)])
+def test_under_randomized_smoothing_no_nan_exact_budget_reproducible(hsja, problem, criterion, p_a):
+    from rsjax.oracle import SmoothedOracle
+
+    x, y, w, b, _ = problem
+    from rsjax.models.linear import linear_logits_fn
+
+    oracle = SmoothedOracle(linear_logits_fn(w, b), 2, sigma=0.25, n=10, criterion=criterion, p_a=p_a)
+    a = hsja.run(oracle, x, y, 0, 300)
+    assert_sane(a, 300)
+    assert (a.evaluations <= 10 * a.queries).all() and (a.evaluations >= a.queries).all()
+    assert (a.queries[a.status == "attacked"] == 300).all()
+    assert_same_result(a, hsja.run(oracle, x, y, 0, 300))

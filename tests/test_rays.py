@@ -80,3 +80,17 @@ def test_constant_oracles(rays, problem):
     assert (never.status == "no_start").all() and (never.queries == 50).all()
     always = rays.run(ConstantOracle(True), x, y, 0, 50)
     assert (always.status == "misclassified").all() and (always.linf == 0).all()
+
+
+@pytest.mark.parametrize("criterion,p_a", [("label", None), ("level", 0.8)])
+def test_under_randomized_smoothing_no_nan_exact_budget_reproducible(rays, problem, criterion, p_a):
+    from rsjax.models.linear import linear_logits_fn
+    from rsjax.oracle import SmoothedOracle
+
+    x, y, w, b, _ = problem
+    oracle = SmoothedOracle(linear_logits_fn(w, b), 2, sigma=0.25, n=10, criterion=criterion, p_a=p_a)
+    a = rays.run(oracle, x, y, 0, 300)
+    assert_sane(a, 300)
+    assert (a.evaluations <= 10 * a.queries).all() and (a.evaluations >= a.queries).all()
+    assert (a.queries[a.status != "misclassified"] == 300).all()
+    assert_same_result(a, rays.run(oracle, x, y, 0, 300))
