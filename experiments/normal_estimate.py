@@ -7,7 +7,8 @@ g_sigma on the line x_o -> x_a (bisection with --n-boundary common-random-number
 each delta, --repeats independent sets of --probes probes x_b + delta u_j (u_j uniform on the unit
 sphere, clipped to [0,1] as HSJA does), each decided by f and by one call of g_{sigma,n}; HSJA's
 estimate u_hat = mean_j (phi_j - mean phi) u_j with both decision sets on the *same* probes
-(rsjax.analysis.normal_estimate_cosines). Plotted: cos(u_hat_f, u_hat_RS), and the cosine of each
+(rsjax.analysis.normal_estimate_cosines). Plotted: cos(u_hat_f, u_hat_RS); its Monte-Carlo noise
+ceiling cos(u_hat_f, u_hat_f') (f on an independent probe set); and the cosine of each
 with a reference normal of the boundary of g_sigma at x_b (Stein estimate of -grad pi_y(x_b), from
 --stein-samples Gaussian samples; rsjax.analysis.stein_normal).
 
@@ -84,7 +85,7 @@ def main(argv=None) -> dict:
             ne = A.normal_estimate_cosines(fn, x_b, yy, jax.random.fold_in(key, 100 + n), deltas,
                                            args.probes, args.repeats, sigma, n, k, reference=ref,
                                            clip=not args.no_clip)
-            per_n.append({"n": n, "cos_f_rs": ne.cos_f_rs, "cos_f_ref": ne.cos_f_ref,
+            per_n.append({"n": n, "cos_f_rs": ne.cos_f_rs, "cos_f_f": ne.cos_f_f, "cos_f_ref": ne.cos_f_ref,
                           "cos_rs_ref": ne.cos_rs_ref, "frac_adv_f": ne.frac_adv_f,
                           "frac_adv_rs": ne.frac_adv_rs})
         results.append({"image_id": i, "label": yy, "distance_f": float(wb.l2[j]),
@@ -98,7 +99,8 @@ def main(argv=None) -> dict:
                 v = [np.asarray(r["per_n"][q][name])[d_i] for r in results]
                 return float(np.mean(v)) if v else float("nan")
             rows.append({"n": n, "delta": float(d), "delta_over_sigma": float(rel[d_i]),
-                         "cos_f_rs": mean_of("cos_f_rs"), "cos_f_ref": mean_of("cos_f_ref"),
+                         "cos_f_rs": mean_of("cos_f_rs"), "cos_f_f": mean_of("cos_f_f"),
+                         "cos_f_ref": mean_of("cos_f_ref"),
                          "cos_rs_ref": mean_of("cos_rs_ref"), "frac_adv_f": mean_of("frac_adv_f"),
                          "frac_adv_rs": mean_of("frac_adv_rs")})
     summary = {"figure": "cosine of HSJA normal estimates at x_b on the boundary of g_sigma, f vs g_{sigma,n}",
@@ -115,9 +117,9 @@ def main(argv=None) -> dict:
             w.writerows(rows)
     plot(summary, out / "normal_estimate.png")
     print(f"{len(results)} images, sigma={sigma}, {args.probes} probes, {args.repeats} repeats; "
-          "mean cosines (f vs RS | f vs ref | RS vs ref):")
+          "mean cosines (f vs RS | f vs f' | f vs ref | RS vs ref):")
     for r in rows:
-        print(f"  n={r['n']:4d} delta={r['delta_over_sigma']:5.2f} sigma: {r['cos_f_rs']:+.3f} | "
+        print(f"  n={r['n']:4d} delta={r['delta_over_sigma']:5.2f} sigma: {r['cos_f_rs']:+.3f} | {r['cos_f_f']:+.3f} | "
               f"{r['cos_f_ref']:+.3f} | {r['cos_rs_ref']:+.3f}   (adversarial probes: f "
               f"{100 * r['frac_adv_f']:.0f} %, RS {100 * r['frac_adv_rs']:.0f} %)")
     print(f"wrote {out / 'normal_estimate.png'}, .json, .csv in {summary['seconds']:.0f} s")
@@ -143,6 +145,8 @@ def plot(summary: dict, path: Path) -> None:
     if summary["images"]:
         v = np.concatenate([np.asarray(r["per_n"][0]["cos_f_ref"], float) for r in summary["images"]], axis=1)
         ax[0].plot(rel, np.nanmean(v, axis=1), ":k^", ms=4, label="cos(f, ref)")
+        v = np.concatenate([np.asarray(r["per_n"][0]["cos_f_f"], float) for r in summary["images"]], axis=1)
+        ax[0].plot(rel, np.nanmean(v, axis=1), "-.kv", ms=4, label="cos(f, f') (noise ceiling)")
         v = np.concatenate([np.asarray(r["per_n"][0]["frac_adv_f"], float) for r in summary["images"]], axis=1)
         ax[1].plot(rel, np.nanmean(v, axis=1), ":k^", ms=4, label="f")
     for a in ax:

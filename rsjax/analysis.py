@@ -325,6 +325,8 @@ class NormalEstimates(NamedTuple):
 
     deltas: np.ndarray  # [Δ]
     cos_f_rs: np.ndarray  # [Δ, R] cos(u_hat with f, u_hat with g_{sigma,n}) on the same probes
+    cos_f_f: np.ndarray  # [Δ, R] cos(u_hat with f, u_hat with f on an independent probe set): the
+    #                      ceiling that Monte-Carlo noise leaves to cos_f_rs
     cos_f_ref: np.ndarray  # [Δ, R] cos(u_hat with f, reference normal) (NaN without reference)
     cos_rs_ref: np.ndarray  # [Δ, R] cos(u_hat with g_{sigma,n}, reference normal)
     frac_adv_f: np.ndarray  # [Δ, R] fraction of probes adversarial for f
@@ -339,7 +341,8 @@ def normal_estimate_cosines(logits_fn: LogitsFn, x_b, y: int, key: jax.Array, de
     sphere; with ``clip`` the probe is clipped to [0,1] and u_j recomputed as
     (clip(x_b + delta u_j) - x_b) / delta, as HSJA does), decided once by f and once by one call
     of g_{sigma,n} each; ``repeats`` independent probe sets per delta (set r of delta index i
-    uses fold_in(fold_in(key, i), r)). ``reference`` (optional, [*shape]) is a normal to compare
+    uses fold_in(fold_in(key, i), r)); a second, independent probe set decided by f gives the
+    noise ceiling cos_f_f. ``reference`` (optional, [*shape]) is a normal to compare
     both estimates with (e.g. :func:`stein_normal`)."""
     check_int_at_least("probes", probes, 2)
     check_int_at_least("repeats", repeats, 1)
@@ -347,22 +350,26 @@ def normal_estimate_cosines(logits_fn: LogitsFn, x_b, y: int, key: jax.Array, de
     deltas = np.asarray(deltas, np.float64)
     shape = x_b.shape
     out = {k: np.full((len(deltas), repeats), np.nan) for k in
-           ("cos_f_rs", "cos_f_ref", "cos_rs_ref", "frac_adv_f", "frac_adv_rs")}
+           ("cos_f_rs", "cos_f_f", "cos_f_ref", "cos_rs_ref", "frac_adv_f", "frac_adv_rs")}
     for i, delta in enumerate(deltas):
         check_positive("delta", float(delta))
-        us, pts = [], []
-        for r in range(repeats):
-            k = jax.random.fold_in(jax.random.fold_in(key, i), r)
-            u = unit_probes(jax.random.fold_in(k, 0), probes, shape)
-            z = x_b[None] + np.float32(delta) * u
-            if clip:
-                z = np.clip(z, 0.0, 1.0)
-                u = (z - x_b[None]) / np.float32(delta)
-            us.append(u)
-            pts.append(z.astype(np.float32))
-        u_all = np.stack(us)  # [R, K, ...]
-        z_all = np.concatenate(pts)  # [R*K, ...]
+        def probe_set(stream: int):
+            us, pts = [], []
+            for r in range(repeats):
+                k = jax.random.fold_in(jax.random.fold_in(key, i), r)
+                u = unit_probes(jax.random.fold_in(k, stream), probes, shape)
+                z = x_b[None] + np.float32(delta) * u
+                if clip:
+                    z = np.clip(z, 0.0, 1.0)
+                    u = (z - x_b[None]) / np.float32(delta)
+                us.append(u)
+                pts.append(z.astype(np.float32))
+            return np.stack(us), np.concatenate(pts)  # [R, K, ...], [R*K, ...]
+
+        u_all, z_all = probe_set(0)
         phi_f = (labels_of(logits_fn, z_all) != y).reshape(repeats, probes)
+        u_2, z_2 = probe_set(2)
+        g_f2 = hsja_normal_estimate((labels_of(logits_fn, z_2) != y).reshape(repeats, probes), u_2)
         rkeys = fold_keys(jax.random.fold_in(key, i), np.repeat(np.arange(repeats), probes), 1,
                           np.tile(np.arange(probes), repeats))
         counts = smoothed_counts(logits_fn, z_all, rkeys, sigma, n, num_classes, **kw)
@@ -370,6 +377,7 @@ def normal_estimate_cosines(logits_fn: LogitsFn, x_b, y: int, key: jax.Array, de
         g_f = hsja_normal_estimate(phi_f, u_all)
         g_rs = hsja_normal_estimate(phi_rs, u_all)
         out["cos_f_rs"][i] = cosine(g_f, g_rs)
+        out["cos_f_f"][i] = cosine(g_f, g_f2)
         out["frac_adv_f"][i] = phi_f.mean(axis=1)
         out["frac_adv_rs"][i] = phi_rs.mean(axis=1)
         if reference is not None:

@@ -114,6 +114,7 @@ def test_hsja_normal_estimate_on_the_linear_boundary():
     assert np.all(ne.cos_rs_ref[1] > 0.85)  # probes beyond sigma: RS decisions carry the normal
     assert np.all(np.abs(ne.cos_rs_ref[0]) < 0.45)  # probes well inside sigma: mostly noise
     assert ne.cos_f_rs[1].mean() > ne.cos_f_rs[0].mean() + 0.5
+    assert np.all(ne.cos_f_f > 0.85)  # two independent f estimates agree
     np.testing.assert_allclose(ne.frac_adv_f, 0.5, atol=0.1)
 
 
