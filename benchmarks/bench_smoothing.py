@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rsjax import Classifier, get_model_spec  # noqa: E402
-from rsjax.smoothing import certify, sample_noise, votes  # noqa: E402
+from rsjax.smoothing import certify, noisy_copies, sample_noise, votes  # noqa: E402
 
 
 def load_classifier(model: str, weights: str | None) -> Classifier:
@@ -185,9 +185,9 @@ def cmd_batch_dependence(args) -> None:
     n, sigma = args.n, args.sigma
     f = jax.jit(clf.logits_fn)
     flips = total = 0
+    make_copies = jax.jit(lambda xi, k: noisy_copies(xi, k, sigma, args.direct))
     for i in range(len(x)):
-        copies = jax.jit(lambda xi, k: jnp.stack([xi + sigma * sample_noise(jax.random.fold_in(k, j), xi.shape)
-                                                  for j in range(args.direct)]))(jnp.asarray(x[i]), point_keys([i])[0])
+        copies = make_copies(jnp.asarray(x[i]), point_keys([i])[0])
         big = np.asarray(jnp.argmax(f(copies), -1))
         small = np.concatenate([np.asarray(jnp.argmax(f(copies[s:s + 7]), -1)) for s in range(0, len(copies), 7)])
         flips += int((big != small).sum())
