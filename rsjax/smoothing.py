@@ -326,15 +326,20 @@ def predict_from_counts(counts, alpha: float) -> np.ndarray:
 
 def predict_min_top_count(n_max: int, alpha: float) -> np.ndarray:
     """Table t[m] (m = n_A + n_B = 0..n_max): PREDICT does not abstain iff n_A >= t[m]
-    (t[m] = m + 1 when it always abstains). For jitted abstention decisions."""
+    (t[m] = m + 1 when it always abstains). For jitted abstention decisions.
+
+    At p = 1/2 the two-sided binomial p-value of a >= m/2 is min(1, 2 P[Bin(m, 1/2) >= a])
+    (symmetric distribution; what ``scipy.stats.binomtest`` returns), monotone in a."""
     check_open_unit("alpha", alpha)
+    check_int_at_least("n_max", n_max, 0)
     t = np.empty(n_max + 1, np.int32)
     for m in range(n_max + 1):
-        t[m] = m + 1
-        for a in range((m + 1) // 2, m + 1):
-            if a > 0 and stats.binomtest(a, m, 0.5).pvalue <= alpha:
-                t[m] = a
-                break
+        a = np.arange((m + 1) // 2, m + 1)
+        a = a[a > 0]
+        pval = np.minimum(1.0, 2.0 * stats.binom.sf(a - 1, m, 0.5))
+        pval[2 * a == m] = 1.0
+        ok = np.nonzero(pval <= alpha)[0]
+        t[m] = a[ok[0]] if len(ok) else m + 1
     return t
 
 
