@@ -255,9 +255,14 @@ def test_one_and_two_devices_give_identical_attacks(tmp_path):
                 for m in (None, mesh):
                     progs = sweep.AttackPrograms(get_attack(name, **opts), sweep._apply_fn(clf), 10, kind, m)
                     r = sweep.run_attack(progs, params, 10, x, y, ids, jax.random.key(0), 40, 8)
-                    res.append((r.l2.tolist(), r.queries.tolist(), r.evaluations.tolist(), r.status.tolist(),
-                                np.asarray(r.x_adv).ravel().tolist()))
-                out[f"{name}-{kind}"] = [res[0] == res[1], res[0][:4]]
+                    res.append(r)
+                a, b = res
+                same = (a.queries.tolist() == b.queries.tolist() and a.evaluations.tolist() == b.evaluations.tolist()
+                        and a.status.tolist() == b.status.tolist() and a.success.tolist() == b.success.tolist())
+                fin = np.isfinite(a.l2)
+                same = same and fin.tolist() == np.isfinite(b.l2).tolist()
+                out[f"{name}-{kind}"] = [same, float(np.abs(a.l2[fin] - b.l2[fin]).max(initial=0.0)),
+                                         float(np.abs(a.x_adv - b.x_adv).max()), a.queries.tolist()]
         json.dump(out, sys.stdout)
     """)
     env = dict(os.environ)
@@ -267,8 +272,12 @@ def test_one_and_two_devices_give_identical_attacks(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout)
     assert len(out) == 4
-    for name, (same, (l2, queries, evals, status)) in out.items():
-        assert same, f"{name}: results differ between 1 and 2 devices"
+    for name, (same, dl2, dx, queries) in out.items():
+        # every decision, query count, evaluation count and status is identical; distortions and
+        # points agree to float32 rounding (XLA may vectorize a reduction differently on a
+        # half-size shard: differences of ~1 ulp were observed, never a different decision)
+        assert same, f"{name}: decisions/counts differ between 1 and 2 devices"
+        assert dl2 <= 1e-5 and dx <= 1e-5, (name, dl2, dx)
         assert max(queries) > 1  # attacks ran (not all images misclassified at query 0)
 
 
