@@ -222,15 +222,16 @@ def orthogonal_direction(r: jax.Array, u: jax.Array, history: jax.Array) -> tupl
     against u only and report it (``exhausted`` [B] True): the caller must then restart the
     history, which has to stay orthonormal. A zero result stays zero (never NaN).
     Returns (v, exhausted)."""
-    def off_history(a):
-        coef = tree_sum(history * a[:, None, :], axis=-1)
-        return a - tree_sum(coef[:, :, None] * history, axis=1)
+    def off_history(a):  # a [B, K, D] minus its projection on span(history), all K at once
+        coef = tree_sum(history[:, None, :, :] * a[:, :, None, :], axis=-1)  # [B, K, N]
+        return a - tree_sum(coef[:, :, :, None] * history[:, None, :, :], axis=2)
 
     def off(a, b):  # a minus its component along unit-or-zero b
         return a - row_dot(a, b)[:, None] * b
 
-    v1 = off_history(off_history(r))  # twice: classical Gram-Schmidt loses orthogonality in float32
-    u_perp_raw = off_history(off_history(u))
+    both = jnp.stack([r, u], axis=1)
+    both = off_history(off_history(both))  # twice: classical Gram-Schmidt loses orthogonality in float32
+    v1, u_perp_raw = both[:, 0], both[:, 1]
     u_perp = jnp.where((row_norm(u_perp_raw) > 1e-6)[:, None], unit(u_perp_raw), 0.0)
     v = off(v1, u_perp)
     exhausted = row_norm(v) <= 1e-2 * row_norm(r)
