@@ -7,8 +7,9 @@ g_sigma on the line x_o -> x_a (bisection with --n-boundary common-random-number
 each delta, --repeats independent sets of --probes probes x_b + delta u_j (u_j uniform on the unit
 sphere, clipped to [0,1] as HSJA does), each decided by f and by one call of g_{sigma,n}; HSJA's
 estimate u_hat = mean_j (phi_j - mean phi) u_j with both decision sets on the *same* probes
-(rsjax.analysis.normal_estimate_cosines). Plotted: cos(u_hat_f, u_hat_RS); its Monte-Carlo noise
-ceiling cos(u_hat_f, u_hat_f') (f on an independent probe set); and the cosine of each
+(rsjax.analysis.normal_estimate_cosines). Plotted: cos(u_hat_f, u_hat_RS) (same probes: it
+measures how much the two decision sets agree); cos(u_hat_f, u_hat_f') (f on an independent probe
+set: how reproducible f's own estimate is); and the cosine of each
 with a reference normal of the boundary of g_sigma at x_b (Stein estimate of -grad pi_y(x_b), from
 --stein-samples Gaussian samples; rsjax.analysis.stein_normal).
 
@@ -146,7 +147,7 @@ def plot(summary: dict, path: Path) -> None:
         v = np.concatenate([np.asarray(r["per_n"][0]["cos_f_ref"], float) for r in summary["images"]], axis=1)
         ax[0].plot(rel, np.nanmean(v, axis=1), ":k^", ms=4, label="cos(f, ref)")
         v = np.concatenate([np.asarray(r["per_n"][0]["cos_f_f"], float) for r in summary["images"]], axis=1)
-        ax[0].plot(rel, np.nanmean(v, axis=1), "-.kv", ms=4, label="cos(f, f') (noise ceiling)")
+        ax[0].plot(rel, np.nanmean(v, axis=1), "-.kv", ms=4, label="cos(f, f') (independent probes)")
         v = np.concatenate([np.asarray(r["per_n"][0]["frac_adv_f"], float) for r in summary["images"]], axis=1)
         ax[1].plot(rel, np.nanmean(v, axis=1), ":k^", ms=4, label="f")
     for a in ax:

@@ -325,8 +325,9 @@ class NormalEstimates(NamedTuple):
 
     deltas: np.ndarray  # [Δ]
     cos_f_rs: np.ndarray  # [Δ, R] cos(u_hat with f, u_hat with g_{sigma,n}) on the same probes
-    cos_f_f: np.ndarray  # [Δ, R] cos(u_hat with f, u_hat with f on an independent probe set): the
-    #                      ceiling that Monte-Carlo noise leaves to cos_f_rs
+    cos_f_f: np.ndarray  # [Δ, R] cos(u_hat with f, u_hat with f on an independent probe set): how
+    #                      reproducible f's own estimate is (cos_f_rs shares its probes, so it can
+    #                      exceed this: identical decisions give cosine 1 whatever the probes)
     cos_f_ref: np.ndarray  # [Δ, R] cos(u_hat with f, reference normal) (NaN without reference)
     cos_rs_ref: np.ndarray  # [Δ, R] cos(u_hat with g_{sigma,n}, reference normal)
     frac_adv_f: np.ndarray  # [Δ, R] fraction of probes adversarial for f
@@ -341,8 +342,8 @@ def normal_estimate_cosines(logits_fn: LogitsFn, x_b, y: int, key: jax.Array, de
     sphere; with ``clip`` the probe is clipped to [0,1] and u_j recomputed as
     (clip(x_b + delta u_j) - x_b) / delta, as HSJA does), decided once by f and once by one call
     of g_{sigma,n} each; ``repeats`` independent probe sets per delta (set r of delta index i
-    uses fold_in(fold_in(key, i), r)); a second, independent probe set decided by f gives the
-    noise ceiling cos_f_f. ``reference`` (optional, [*shape]) is a normal to compare
+    uses fold_in(fold_in(key, i), r)); a second, independent probe set decided by f gives
+    cos_f_f, the reproducibility of f's own estimate. ``reference`` (optional, [*shape]) is a normal to compare
     both estimates with (e.g. :func:`stein_normal`)."""
     check_int_at_least("probes", probes, 2)
     check_int_at_least("repeats", repeats, 1)
