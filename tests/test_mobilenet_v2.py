@@ -272,23 +272,29 @@ def test_cli_convert_round_trip(shared_dir, converted, tmp_path, capsys):
 
 
 def test_randtrain_finetunes_from_the_converted_checkpoint_on_an_imagefolder(shared_dir, converted, tmp_path):
-    """RandTrain (`gaussian` recipe) a few steps on a few ImageNet images from imagefolder:, starting
-    from the converted weights: parameters move, the loss is finite, the checkpoint reloads."""
+    """RandTrain (`gaussian` recipe, sigma 0.25) 3 Adam steps on 4 ImageNet images from imagefolder:,
+    starting from the converted weights: the noisy training loss falls (measured 5.73 -> 3.44 ->
+    2.01), the clean predictions stay, the checkpoint reloads. (SGD at lr 1e-3 wrecks this model:
+    with BatchNorm folded away, gradients of the small expand kernels reach norms ~100.)"""
     from rsjax.checkpoints import load_checkpoint
     from rsjax.data import load_dataset
     from rsjax.train import TrainConfig, train
 
     data = load_dataset(f"imagefolder:{shared_dir.joinpath(*VAL1300)}", limit=4, image_size=224)
-    config = TrainConfig(arch="mobilenet_v2", recipe="gaussian", sigma=0.25, epochs=1, batch_size=2,
-                         optimizer="sgd", learning_rate=1e-3, seed=0)
+    config = TrainConfig(arch="mobilenet_v2", recipe="gaussian", sigma=0.25, epochs=3, batch_size=4,
+                         optimizer="adam", learning_rate=1e-4, seed=0)
     out = tmp_path / "rt.ckpt"
     result = train(config, data, out=out, init_variables=converted, progress=False, log=lambda m: None)
     meta = result.metadata
     assert meta["recipe"] == "gaussian" and meta["recipe_settings"] == {"sigma": 0.25}
-    assert meta["init"] == "checkpoint" and meta["n_train"] == 4 and meta["epochs_done"] == 1
-    assert np.isfinite(meta["history"][0]["train_loss"])
-    before = converted["params"]["Logits"]["kernel"]
-    after = result.variables["params"]["Logits"]["kernel"]
-    assert not np.allclose(before, after)
+    assert meta["init"] == "checkpoint" and meta["n_train"] == 4 and meta["epochs_done"] == 3
+    losses = [h["train_loss"] for h in meta["history"]]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.6 * losses[0]
+    module = get_model_spec("mobilenet_v2").build()
+    apply = jax.jit(module.apply)
+    before = np.asarray(apply(converted, data.images)).argmax(-1)
+    after = np.asarray(apply(result.variables, data.images)).argmax(-1)
+    np.testing.assert_array_equal(after, before)
     variables, saved = load_checkpoint(out, arch="mobilenet_v2")
-    np.testing.assert_array_equal(variables["params"]["Logits"]["kernel"], after)
+    np.testing.assert_array_equal(variables["params"]["Logits"]["kernel"], result.variables["params"]["Logits"]["kernel"])
+    assert saved["recipe"] == "gaussian"
