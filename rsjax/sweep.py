@@ -979,6 +979,9 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
         seconds = (time.perf_counter() - t0) / len(ids)
         rec_store.append(attack_records(st, res, labels, ids, cert, level, config, seconds))
 
+    # attack tasks run cheapest first (stable order otherwise), so an interrupted sweep already
+    # covers every model and sigma at small n; the order changes no number
+    attack_tasks = []
     for st in settings:
         for ids in batches(my_images, config.attack_batch):
             done = all(attack_record_key(st, i) in rec_store for i in ids)
@@ -986,7 +989,9 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
             cost = len(ids) * config.max_queries * (0.5 * n + 20)
             if st.criterion != "none":
                 cost += len(ids) * config.level_calls * n
-            add(f"{st.label()} [{len(ids)} images]", cost, done, partial(run_setting_batch, st, ids))
+            attack_tasks.append((f"{st.label()} [{len(ids)} images]", cost, done, partial(run_setting_batch, st, ids)))
+    for t in sorted(attack_tasks, key=lambda t: t[1]):
+        add(*t)
 
     bar = _Progress([(t[0], t[1], t[2]) for t in tasks], progress)
     new, left = 0, sum(1 for t in tasks if not t[2])
