@@ -137,6 +137,8 @@ def main(argv=None) -> int:
         for norm in ("l2", "linf"):
             row[f"median_{norm}"] = {q: float(np.median(res.distortion_at(q, norm)[att])) for q in MILESTONES
                                      if q <= args.queries}
+        row["per_image"] = {str(q): {norm: res.distortion_at(q, norm).tolist() for norm in ("l2", "linf")}
+                            for q in MILESTONES if q <= args.queries}
         results["attacks"][name] = row
         print(f"\n{name}: {len(idx)} images, {args.queries} queries, wall {wall:.1f} s "
               f"({wall / len(idx):.3f} s/image; compile+warm-up {compile_s:.1f} s), statuses {row['status']}, "
