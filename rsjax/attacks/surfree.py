@@ -139,13 +139,15 @@ def tree_sum(a: jax.Array, axis: int = -1) -> jax.Array:
     dimensions (measured: row sums of a [B, 64] array differ in the last bit between B = 1 and
     B = 4), the result for one row never depends on the batch size: this is what makes an
     image's trajectory independent of its batch."""
-    a = jnp.moveaxis(a, axis, -1)
-    while a.shape[-1] > 1:
-        if a.shape[-1] % 2:
-            a = jnp.concatenate([a, jnp.zeros(a.shape[:-1] + (1,), a.dtype)], axis=-1)
-        half = a.shape[-1] // 2
-        a = a[..., :half] + a[..., half:]
-    return a[..., 0]
+    axis = axis % a.ndim
+    while a.shape[axis] > 1:
+        if a.shape[axis] % 2:
+            pad = [(0, 0)] * a.ndim
+            pad[axis] = (0, 1)
+            a = jnp.pad(a, pad)
+        half = a.shape[axis] // 2
+        a = jax.lax.slice_in_dim(a, 0, half, axis=axis) + jax.lax.slice_in_dim(a, half, 2 * half, axis=axis)
+    return jnp.squeeze(a, axis)
 
 
 def row_dot(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -222,9 +224,13 @@ def orthogonal_direction(r: jax.Array, u: jax.Array, history: jax.Array) -> tupl
     against u only and report it (``exhausted`` [B] True): the caller must then restart the
     history, which has to stay orthonormal. A zero result stays zero (never NaN).
     Returns (v, exhausted)."""
+    hp = jax.lax.Precision.HIGHEST
+
     def off_history(a):  # a [B, K, D] minus its projection on span(history), all K at once
-        coef = tree_sum(history[:, None, :, :] * a[:, :, None, :], axis=-1)  # [B, K, N]
-        return a - tree_sum(coef[:, :, :, None] * history[:, None, :, :], axis=2)
+        # Batched matrix products (~40x faster than tree_sum here); measured on XLA CPU, each
+        # image's result is the same for every batch size >= 2 (single images run as 2 rows).
+        coef = jnp.einsum("bnd,bkd->bkn", history, a, precision=hp)
+        return a - jnp.einsum("bkn,bnd->bkd", coef, history, precision=hp)
 
     def off(a, b):  # a minus its component along unit-or-zero b
         return a - row_dot(a, b)[:, None] * b
