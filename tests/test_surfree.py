@@ -291,3 +291,19 @@ def test_constant_oracles():
     always = SurFree().run(ConstantOracle(True), x, y, 0, 100)
     assert list(always.status) == ["misclassified"] * 2
     assert (always.queries == 1).all() and (always.l2 == 0).all()
+
+
+@pytest.mark.parametrize("criterion,p_a", [("label", None), ("level", 0.8)])
+def test_under_randomized_smoothing_no_nan_exact_budget_reproducible(linear, default_attack, criterion, p_a):
+    from rsjax.oracle import SmoothedOracle
+
+    _, x, y, _, w, b = linear
+    oracle = SmoothedOracle(linear_logits_fn(w, b), 2, sigma=0.25, n=10, criterion=criterion, p_a=p_a)
+    a = default_attack.run(oracle, x[:2], y[:2], 5, 200)
+    again = default_attack.run(oracle, x[:2], y[:2], 5, 200)
+    assert (a.queries <= 200).all()
+    assert (a.queries[a.status == "attacked"] == 200).all()
+    assert (a.evaluations <= 10 * a.queries).all() and (a.evaluations >= a.queries).all()
+    assert np.isfinite(a.x_adv).all() and np.isfinite(a.l2[a.status == "attacked"]).all()
+    assert np.array_equal(a.x_adv, again.x_adv) and np.array_equal(a.queries, again.queries)
+    assert np.array_equal(a.evaluations, again.evaluations)

@@ -45,7 +45,15 @@ could return the all-black image of a finished batch row). ``AttackResult.steps`
 ticks (= queries after the start search); the number of SurFree steps completed is not exposed.
 
 Per-image randomness: direction number k of an image uses ``attack_keys(image_key, k + 1)``;
-start try t uses ``fold_in(attack_keys(image_key, 0), t)``.
+start try t uses ``fold_in(attack_keys(image_key, 0), t)``. Bit-for-bit batch invariance also
+needs the arithmetic of one row not to depend on the batch size: row norms use a fixed-order
+:func:`tree_sum`, a single image runs as two rows (:func:`_as_two_rows`), and the Gram–Schmidt
+projections are batched matrix products, which XLA CPU computes identically per row for every
+batch size >= 2 (checked by the tests; other backends may differ in the last bit).
+
+Budget and ``steps``: a step costs about 10 queries, so the authors' default ``steps = 100`` ends
+the attack (final line search included) near 1,000 queries whatever the budget; raise ``steps``
+to use larger budgets.
 """
 from __future__ import annotations
 
