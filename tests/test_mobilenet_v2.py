@@ -4,7 +4,6 @@ on a subset, the ``rsjax convert`` CLI) and RandTrain fine-tuning from a folder 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -87,16 +86,23 @@ def test_architecture_parameters_names_and_output():
 
 
 def test_forward_shape_and_bfloat16_path():
-    """Random weights, jitted init (eager init dispatches ~200 ops one by one: minutes on a busy CPU);
-    small images, since the model takes any size (bf16 convs are slow on CPU)."""
+    """Random weights, jitted init (eager init dispatches ~200 ops one by one: minutes on a busy
+    CPU), a small image since the model takes any size. The bfloat16 path (what the GPU benchmark
+    uses: weights and input cast to bf16) is checked on single layers: whole-network bf16 convs
+    compile and run very slowly on CPU."""
     module = get_model_spec("mobilenet_v2").build()
     x = jax.random.uniform(jax.random.PRNGKey(1), (1, 32, 32, 3))
     variables = jax.jit(module.init)(jax.random.PRNGKey(0), x)
     out = jax.jit(module.apply)(variables, x)
     assert out.shape == (1, 1000) and out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
-    bf16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), variables)
-    out16 = jax.jit(module.apply)(bf16, x.astype(jnp.bfloat16))
-    assert out16.shape == (1, 1000) and out16.dtype == jnp.bfloat16
+    h = jax.random.uniform(jax.random.PRNGKey(2), (1, 8, 8, 16))
+    for conv in (TFConv(16, 3, 2, depthwise=True, relu6=True), TFConv(8, 1)):
+        v = conv.init(jax.random.PRNGKey(3), h)
+        ref = conv.apply(v, h)
+        v16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), v)
+        got = conv.apply(v16, h.astype(jnp.bfloat16))
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), ref, atol=0.1, rtol=0.05)
 
 
 def test_dequantize_per_tensor_and_per_axis_round_trip():
