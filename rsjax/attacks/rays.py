@@ -16,7 +16,7 @@ Iteration (one step):
 The L-inf distance of x_final is at most d_t / sqrt(D) (equal when clipping does not bind).
 
 Differences from the reference, on purpose: a bisection probe beyond the budget is not sent
-(the reference overspends); the bisection is bounded by ``iterations_for(tol, sqrt(D))``.
+(the reference overspends); a bisection ends after ceil(log2(sqrt(D) / tol)) rounds.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from rsjax.attacks.common import (
-    AttackCore, AttackEnv, DecisionAttack, bcast, clip01, iterations_for, l2_norm, linf_norm, query_one,
+    AttackCore, AttackEnv, DecisionAttack, bcast, clip01, l2_norm, linf_norm, query_one,
 )
 from rsjax.errors import InputError
 
@@ -39,18 +39,28 @@ class RaySConfig:
     the unit ray. ``chunk_steps`` is an execution setting (steps per jitted chunk)."""
 
     tolerance: float = 1e-3
-    chunk_steps: int = 16
+    chunk_steps: int = 32
 
 
 class RaySState(NamedTuple):
-    sign: jax.Array  # [B, D] float32 in {-1, +1}
+    sign: jax.Array  # [B, D] float32 in {-1, +1}, the best sign vector
     d_t: jax.Array  # [B] float32 best radius along u(sign) (inf when none)
     level: jax.Array  # [B] int32 block level k
     block: jax.Array  # [B] int32 block index within the level
+    bisecting: jax.Array  # [B] bool: bisecting the radius along ``candidate``
+    candidate: jax.Array  # [B, D] float32 sign vector being bisected
+    lo: jax.Array  # [B] float32 bisection interval (lo not adversarial, hi adversarial)
+    hi: jax.Array  # [B] float32
 
 
 class RayS(DecisionAttack):
-    """RayS (L-inf). ``RayS(**overrides)`` with the fields of :class:`RaySConfig`."""
+    """RayS (L-inf). ``RayS(**overrides)`` with the fields of :class:`RaySConfig`.
+
+    Execution: one step = one query per image (a small state machine: probe a new direction,
+    or one bisection round), so a batch never computes idle bisection rounds for images
+    that are not bisecting; each image's sequence of queries is the nested-loop one above.
+    A radius answered adversarial during a bisection is adopted at once (it is < d_t), so
+    the best point is current even when the budget ends a bisection."""
 
     name = "rays"
     metric = "linf"
@@ -66,21 +76,20 @@ class RayS(DecisionAttack):
     def init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
         b = env.x.shape[0]
         d = math.prod(env.x.shape[1:])
-        st = RaySState(
-            sign=jnp.ones((b, d), jnp.float32),
-            d_t=jnp.full((b,), jnp.inf, jnp.float32),
-            level=jnp.zeros((b,), jnp.int32),
-            block=jnp.zeros((b,), jnp.int32),
-        )
+        ones = jnp.ones((b, d), jnp.float32)
+        zeros = jnp.zeros((b,), jnp.float32)
+        st = RaySState(sign=ones, d_t=jnp.full((b,), jnp.inf, jnp.float32), level=jnp.zeros((b,), jnp.int32),
+                       block=jnp.zeros((b,), jnp.int32), bisecting=jnp.zeros((b,), bool), candidate=ones,
+                       lo=zeros, hi=zeros)
         return core, st
 
     def step(self, oracle, env: AttackEnv, core: AttackCore, st: RaySState, active: jax.Array):
-        c = self.config
-        b = env.x.shape[0]
+        tol = self.config.tolerance
         d = math.prod(env.x.shape[1:])
         max_level = max(0, math.ceil(math.log2(d)))  # beyond it blocks are single coordinates
         sqrt_d = math.sqrt(d)
 
+        # the direction of a probe step: s with block i of level k negated
         n_blocks = jnp.left_shift(1, st.level)
         size = (d + n_blocks - 1) // n_blocks
         start = st.block * size
@@ -88,49 +97,45 @@ class RayS(DecisionAttack):
         idx = jnp.arange(d)[None, :]
         flip = (idx >= start[:, None]) & (idx < end[:, None])
         attempt = jnp.where(flip, -st.sign, st.sign)
-        unit = (attempt / sqrt_d).reshape(env.x.shape)
 
-        def point(radius):
-            # radius may be inf: x + inf * (+-1/sqrt(D)) saturates to the box
-            return clip01(env.x + bcast(radius, unit) * unit)
+        probing = ~st.bisecting
+        direction = jnp.where(probing[:, None], attempt, st.candidate)
+        mid = 0.5 * (st.lo + st.hi)
+        radius = jnp.where(probing, st.d_t, mid)
+        unit = (direction / sqrt_d).reshape(env.x.shape)
 
-        first = query_one(oracle, env, core, point(st.d_t), active)
-        core = first.core
-        hi0 = jnp.minimum(st.d_t, sqrt_d)
-        lo0 = jnp.zeros((b,), jnp.float32)
+        def point(r):  # r may be inf: x + inf * (+-1/sqrt(D)) saturates to the box
+            return clip01(env.x + bcast(r, unit) * unit)
 
-        def cond(s):
-            i, lo, hi, live, _ = s
-            return (i < iterations_for(c.tolerance, sqrt_d)) & jnp.any(live & (hi - lo > c.tolerance))
+        out = query_one(oracle, env, core, point(radius), active)
+        core, adv = out.core, out.adversarial
 
-        def body(s):
-            i, lo, hi, live, core_ = s
-            want = live & (hi - lo > c.tolerance)
-            mid = 0.5 * (lo + hi)
-            out = query_one(oracle, env, core_, point(mid), want)
-            hi = jnp.where(out.adversarial, mid, hi)
-            lo = jnp.where(out.sent & ~out.adversarial, mid, lo)
-            live = live & ~(want & ~out.sent)
-            return i + 1, lo, hi, live, out.core
-
-        _, _, d_end, _, core = jax.lax.while_loop(cond, body, (0, lo0, hi0, first.adversarial, core))
-        better = first.adversarial & (d_end < st.d_t)
-        x_new = point(d_end)
+        # probe answered adversarial: start bisecting on [0, min(d_t, sqrt D)]
+        start_bis = probing & adv
+        lo = jnp.where(start_bis, 0.0, jnp.where(st.bisecting & out.sent & ~adv, mid, st.lo))
+        hi = jnp.where(start_bis, jnp.minimum(st.d_t, sqrt_d), jnp.where(st.bisecting & adv, mid, st.hi))
+        bisecting = (start_bis | (st.bisecting & out.sent)) & (hi - lo > tol)
+        # adopt any adversarial radius below d_t (the reference adopts the bisection's end)
+        adopt = (start_bis | (st.bisecting & adv)) & (hi < st.d_t)
+        x_new = point(hi)
         diff = x_new - env.x
         core = core._replace(
-            best_x=jnp.where(bcast(better, x_new), x_new, core.best_x),
-            best_l2=jnp.where(better, l2_norm(diff), core.best_l2),
-            best_linf=jnp.where(better, linf_norm(diff), core.best_linf),
-            found=core.found | better,
+            best_x=jnp.where(bcast(adopt, x_new), x_new, core.best_x),
+            best_l2=jnp.where(adopt, l2_norm(diff), core.best_l2),
+            best_linf=jnp.where(adopt, linf_norm(diff), core.best_linf),
+            found=core.found | adopt,
         )
-        sign = jnp.where(better[:, None], attempt, st.sign)
-        d_t = jnp.where(better, d_end, st.d_t)
+        candidate = jnp.where(start_bis[:, None], attempt, st.candidate)
+        sign = jnp.where(adopt[:, None], candidate, st.sign)
+        d_t = jnp.where(adopt, hi, st.d_t)
 
+        # a direction is finished (failed probe, or bisection done): next block
+        leave = active & out.sent & ~bisecting
         block = st.block + 1
         next_level = (block == n_blocks) | (end == d)
-        level = jnp.where(next_level, jnp.minimum(st.level + 1, max_level), st.level)
-        block = jnp.where(next_level, 0, block)
-        return core, RaySState(sign, d_t, level, block)
+        level = jnp.where(leave & next_level, jnp.minimum(st.level + 1, max_level), st.level)
+        block = jnp.where(leave, jnp.where(next_level, 0, block), st.block)
+        return core, RaySState(sign, d_t, level, block, bisecting, candidate, lo, hi)
 
 
 __all__ = ["RayS", "RaySConfig", "RaySState"]
