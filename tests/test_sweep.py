@@ -35,9 +35,10 @@ def test_settings_grid_no_duplicate_pa_for_n1():
     assert len(keys) == len(set(keys))
     n1 = [s for s in st if s.n == 1]
     assert n1 and all(s.p_a is None and s.k_wrong == 1 for s in n1)
-    # per model: 2 baselines + per sigma (1 + 2) * 2 attacks
-    per_model = 2 + len(cfg.sigmas) * 3 * 2
-    assert len(st) == per_model * len(cfg.models)
+    # per model: 2 baselines + per sigma of that model (n=1 once + n=10 at 2 P_a) * 2 attacks
+    expected = sum(2 + len(cfg.model_sigmas(m)) * 3 * 2 for m in cfg.models)
+    assert len(st) == expected
+    assert {m.name: len(cfg.model_sigmas(m)) for m in cfg.models} == {"standard": 2, "randtrain": 1, "advtrain": 1}
     base = [s for s in st if s.criterion == "none"]
     assert len(base) == 2 * len(cfg.models) and all(s.sigma is None and s.n is None for s in base)
     k = {(s.n, s.p_a): s.k_wrong for s in st if s.n == 10}
