@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -86,7 +87,7 @@ def raw_forward_rate(classifier, batch: int, repeats: int = 5) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--workdir", default="/tmp/rsjax_bench")
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "rsjax_bench"))
     p.add_argument("--data", default=str(SHARED / "data/cifar10/test_jpeg.npz"))
     p.add_argument("--attacks", nargs="+", default=["hsja", "rays", "surfree"])
     p.add_argument("--per-class", type=int, default=8)
