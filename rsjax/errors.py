@@ -40,3 +40,20 @@ def check_open_unit(name: str, value: float) -> float:
     if not isinstance(value, (int, float)) or not (0.0 < value < 1.0):
         raise InputError(f"{name} must lie in the open interval (0, 1), got {value!r}")
     return value
+
+
+MAX_NAMES_SHOWN = 12
+
+
+def format_names(names) -> str:
+    """Sorted names joined by commas, the first MAX_NAMES_SHOWN only, then "... (k more)"."""
+    names = sorted(names)
+    shown = ", ".join(names[:MAX_NAMES_SHOWN])
+    more = len(names) - MAX_NAMES_SHOWN
+    return shown + (f", ... ({more} more)" if more > 0 else "")
+
+
+def name_problems(*groups: tuple[str, list]) -> list[str]:
+    """``"<count> <label>: <names>"`` for each non-empty (label, names) group, in order; used to
+    report every missing / unexpected / mis-shaped tensor of a weight conversion at once."""
+    return [f"{len(names)} {label}: {format_names(names)}" for label, names in groups if names]

@@ -38,12 +38,11 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from rsjax.errors import CheckpointError
+from rsjax.errors import CheckpointError, name_problems
 from rsjax.models.registry import get_model_spec
 
 IGNORED_SUFFIX = "num_batches_tracked"
 DATA_PARALLEL_PREFIX = "module."
-_MAX_NAMES_SHOWN = 12
 
 
 @dataclass(frozen=True)
@@ -142,13 +141,6 @@ def expected_tensors(arch: str) -> dict[str, TensorTarget]:
     return targets
 
 
-def _names(keys) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:_MAX_NAMES_SHOWN])
-    more = len(keys) - _MAX_NAMES_SHOWN
-    return shown + (f", ... ({more} more)" if more > 0 else "")
-
-
 def strip_data_parallel_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop a leading ``module.`` (``nn.DataParallel``) from every key that has one."""
     out: dict[str, np.ndarray] = {}
@@ -181,15 +173,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]) -> dict:
         k for k in targets
         if k in sd and not np.issubdtype(np.asarray(sd[k]).dtype, np.floating)
     ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_names(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_names(unexpected)}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} mis-shaped: {_names(misshaped)}")
-    if non_float:
-        problems.append(f"{len(non_float)} not floating point: {_names(non_float)}")
+    problems = name_problems(("missing", missing), ("unexpected", unexpected),
+                             ("mis-shaped", misshaped), ("not floating point", non_float))
     if problems:
         hint = " Is --arch right?" if missing or unexpected else ""
         raise CheckpointError(

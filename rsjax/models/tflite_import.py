@@ -44,10 +44,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from rsjax.errors import CheckpointError
+from rsjax.errors import CheckpointError, name_problems
 
 _INSTALL_HINT = "reading .tflite files needs the `tflite` package: pip install 'rsjax[tflite]'"
-_MAX_NAMES_SHOWN = 12
 
 # TFLite TensorType -> numpy dtype (the types a classifier's constants use).
 _NUMPY_TYPES = {
@@ -533,13 +532,6 @@ def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[str,
     return out
 
 
-def _names(keys) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:_MAX_NAMES_SHOWN])
-    more = len(keys) - _MAX_NAMES_SHOWN
-    return shown + (f", ... ({more} more)" if more > 0 else "")
-
-
 def check_input_quantization(graph: TFLiteGraph, mean: float, std: float) -> None:
     """The file's uint8 input means ``real = s (q - z)``; with ``q = 255 x`` for x in [0, 1] that is
     ``(x - z/255) / (1/(255 s))``, which must equal the Flax model's Normalize(mean, std)."""
@@ -607,15 +599,8 @@ def convert_mobilenet_v2(graph: TFLiteGraph, arch: str = "mobilenet_v2") -> dict
             if file_cfg != flax_cfg:
                 mismatched.append(f"{info.layer}: file (depthwise, strides, padding, activation[, dilation]) "
                                   f"= {file_cfg}, Flax model = {flax_cfg}")
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_names(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_names(unexpected)}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} mis-shaped: {_names(misshaped)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} layers computed differently: {_names(mismatched)}")
+    problems = name_problems(("missing", missing), ("unexpected", unexpected),
+                             ("mis-shaped", misshaped), ("layers computed differently", mismatched))
     if problems:
         raise CheckpointError(f"{graph.source} does not match architecture {arch!r}: " + "; ".join(problems) + ".")
 
