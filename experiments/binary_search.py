@@ -52,11 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out = F.out_dir(args)
     t0 = time.perf_counter()
-    clf = F.get_classifier(args)
-    data = F.load_images(args)
-    ids = F.pick_images(clf, data, args.image_index, args.images)
+    out, clf, data, ids = F.prepare(args)
     ns = F.parse_list(args.n_list, int)
     sigma, k, fn = args.sigma, clf.num_classes, clf.logits_fn
     root = jax.random.key(args.seed)

@@ -80,6 +80,17 @@ def pick_images(clf: Classifier, data: Dataset, start: int, count: int,
     return [int(i) for i in ok[:count]]
 
 
+def prepare(args: argparse.Namespace, count: int | None = None) -> tuple[Path, Classifier, Dataset, list[int]]:
+    """What every figure script starts from: its output directory, the classifier, the test data
+    and the indices of ``count`` (default ``args.images``) correctly classified images from
+    ``args.image_index`` on."""
+    out = out_dir(args)
+    clf = get_classifier(args)
+    data = load_images(args)
+    ids = pick_images(clf, data, args.image_index, args.images if count is None else count)
+    return out, clf, data, ids
+
+
 def parse_list(text: str, cast=float) -> list:
     try:
         return [cast(v) for v in str(text).split(",") if v.strip()]

@@ -67,11 +67,8 @@ def disc_radius(labels: np.ndarray, coords: np.ndarray, y: int) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out = F.out_dir(args)
     t0 = time.perf_counter()
-    clf = F.get_classifier(args)
-    data = F.load_images(args)
-    i = F.pick_images(clf, data, args.image_index, 1)[0]
+    out, clf, data, (i,) = F.prepare(args, count=1)
     small = F.parse_list(args.n_small, int)
     sigma, k, fn = args.sigma, clf.num_classes, clf.logits_fn
     root = jax.random.fold_in(jax.random.key(args.seed), i)
