@@ -199,10 +199,6 @@ class SmoothedOracle:
                               chunk_size=self.chunk_size, noise=self.noise, clip=self.clip)
 
 
-def _bucket(m: int) -> int:
-    return 1 if m <= 1 else 1 << (m - 1).bit_length()
-
-
 _DECIDE_JIT: dict[int, tuple[object, Callable]] = {}
 
 
@@ -218,10 +214,12 @@ def jitted_decide(oracle: Oracle) -> Callable:
 def decide_padded(oracle: Oracle, x, y, keys) -> tuple:
     """Host call of ``oracle.decide`` on M points padded to a power-of-two bucket (one compiled
     program per bucket); returns numpy (adversarial [M], evaluations [M])."""
+    from rsjax.smoothing import batch_bucket
+
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.int32)
     m = x.shape[0]
-    size = _bucket(m)
+    size = batch_bucket(m)
     if size > m:
         x = jnp.concatenate([x, jnp.repeat(x[:1], size - m, axis=0)])
         y = jnp.concatenate([y, jnp.repeat(y[:1], size - m)])
