@@ -112,6 +112,7 @@ def _register(depth: int) -> None:
             description=f"He et al. CIFAR ResNet-{depth} (option-A shortcut, 3x{k} basic blocks,"
             " ImageNet mean/std normalization); loads akamaster-layout PyTorch weights",
             has_batch_stats=True,
+            cpu_forward_block=32,
         )
     )
 
