@@ -60,19 +60,43 @@ def _mix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
+# Giles (2010), "Approximating the erfinv function", GPU Computing Gems Jade, single precision:
+# with w = -log((1 - u)(1 + u)), erfinv(u) = u * P1(w - 2.5) for w < 5, u * P2(sqrt(w) - 3) else.
+_ERFINV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                   -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
+_ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+                -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+
+
+def erfinv_giles(u: jax.Array) -> jax.Array:
+    """erfinv(u) for float32 u in (-1, 1) by Giles' branch-free single-precision approximation
+    (two degree-8 polynomials selected by w = -log(1 - u^2)); within 3e-6 of ``lax.erf_inv``
+    and ~4x cheaper on CPU (XLA's erf_inv goes through log1p)."""
+    w = -jnp.log((1.0 - u) * (1.0 + u))
+    central, tail = w - 2.5, jnp.sqrt(w) - 3.0
+    p1 = jnp.full_like(u, _ERFINV_CENTRAL[0])
+    for c in _ERFINV_CENTRAL[1:]:
+        p1 = c + p1 * central
+    p2 = jnp.full_like(u, _ERFINV_TAIL[0])
+    for c in _ERFINV_TAIL[1:]:
+        p2 = c + p2 * tail
+    return jnp.where(w < 5.0, p1, p2) * u
+
+
 def _hash_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Standard normal array of ``shape`` from one key, by counter hashing.
 
     Two 32-bit seeds (s0, s1) are drawn from ``key`` with threefry; element e gets
     u_e = mix(mix(e * golden + s0) xor s1) (a bijection of e for fixed seeds), mapped to a uniform
-    in (-1, 1) with 24-bit resolution and to N(0,1) by sqrt(2) erfinv(u). About 6x cheaper on CPU
-    than threefry per element; tails are cut at |z| ~ 5.3 (probability ~1e-7)."""
+    in (-1, 1) with 24-bit resolution and to N(0,1) by sqrt(2) erfinv(u) (:func:`erfinv_giles`).
+    Several times cheaper on CPU than threefry + ``jax.random.normal``; tails are cut at
+    |z| ~ 5.3 (probability ~1e-7)."""
     s = jax.random.bits(key, (2,), jnp.uint32)
     size = math.prod(shape)
     e = jnp.arange(size, dtype=jnp.uint32)
     h = _mix32(_mix32(e * jnp.uint32(_GOLDEN) + s[0]) ^ s[1])
     u = ((h >> 8).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-23) - 1.0
-    return (jnp.float32(math.sqrt(2.0)) * jax.lax.erf_inv(u)).reshape(shape)
+    return (jnp.float32(math.sqrt(2.0)) * erfinv_giles(u)).reshape(shape)
 
 
 def sample_noise(key: jax.Array, shape: tuple[int, ...], impl: str = "hash") -> jax.Array:

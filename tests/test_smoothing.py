@@ -345,3 +345,15 @@ def test_plot_certified_accuracy(tmp_path):
     assert ys[0][0] == pytest.approx(2 / 3) and ys[1][0] == pytest.approx(1 / 2)
     with pytest.raises(InputError):
         plot_certified_accuracy({})
+
+
+def test_erfinv_giles_matches_float64_erfinv():
+    """The hash noise's erfinv (Giles' single-precision approximation) is within 1e-6 of scipy's
+    float64 erfinv over the whole 24-bit grid range the noise uses (lax.erf_inv: ~1.5e-5)."""
+    from scipy.special import erfinv
+
+    from rsjax.smoothing import erfinv_giles
+
+    u = np.concatenate([np.linspace(-1 + 2.0**-23, 1 - 2.0**-23, 400_001), [0.0, 1e-7, -0.9999999]]).astype(np.float32)
+    got = np.asarray(jax.jit(erfinv_giles)(jnp.asarray(u)), np.float64)
+    assert np.abs(got - erfinv(u.astype(np.float64))).max() < 1e-6
