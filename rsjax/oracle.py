@@ -7,6 +7,10 @@ Contract shared by every oracle (the attacks rely on nothing else):
   ``x``: [M, H, W, C] query points in [0,1]; ``y``: [M] int true labels; ``keys``: [M] PRNG
   keys, one per query, the query's own randomness (a deterministic oracle ignores them).
   It returns ``adversarial`` [M] bool and ``evaluations`` [M] int32 (base-model calls spent).
+* Optional: an oracle with ``accepts_active = True`` also takes ``decide(x, y, keys, active)``
+  with ``active`` [M] bool; rows with ``active`` False are not asked (their answers and
+  evaluations are ignored by the caller) and the oracle may skip their work: the smoothed oracle
+  gives them n = 0 samples, so an attack's masked or beyond-budget probes cost nothing.
 * Randomness of query number q of image i is ``query_key(image_key_i, q)`` with
   ``image_key_i = fold_in(seed_key, image_id)``: it depends on (seed, image id, query index)
   only, never on batch position or on which other images share the batch.
@@ -171,11 +175,16 @@ class SmoothedOracle:
             return lambda counts, remaining: wrong_count_decided(counts, remaining, y, self.k_wrong)
         return lambda counts, remaining: label_vs_reference_decided(counts, remaining, y)
 
-    def decide(self, x: jax.Array, y: jax.Array, keys: jax.Array) -> OracleAnswer:
+    accepts_active = True
+
+    def decide(self, x: jax.Array, y: jax.Array, keys: jax.Array, active: jax.Array | None = None) -> OracleAnswer:
+        """Answers for the points x [M]; rows with ``active`` [M] False draw no samples (n = 0):
+        their answer is meaningless and their evaluations are 0."""
         from rsjax.smoothing import vote_counts
 
         y = jnp.asarray(y, jnp.int32)
-        res = vote_counts(self.logits_fn, x, keys, self.sigma, self.n, self.num_classes,
+        n = self.n if active is None else jnp.where(active, self.n, 0)
+        res = vote_counts(self.logits_fn, x, keys, self.sigma, n, self.num_classes,
                           chunk_size=self.chunk_size, clip=self.clip, noise=self.noise,
                           stop=self._stop_rule(y))
         counts = res.counts

@@ -85,6 +85,25 @@ def test_answers_match_full_votes_with_and_without_early_stop(criterion, p_a):
     assert np.all(ev_e <= n) and ev_e.sum() < 0.8 * ev_f.sum()
 
 
+def test_inactive_rows_cost_no_evaluations_and_do_not_change_active_answers():
+    w, b = hyperplane()
+    f = linear_logits_fn(w, b)
+    x = jnp.asarray(points_at(w, b, np.linspace(-0.4, 0.4, 16)))
+    y = jnp.asarray(np.arange(16) % 2, jnp.int32)
+    keys = keys_for(2, 16)
+    active = jnp.asarray(np.arange(16) % 3 != 0)
+    for early_stop in (True, False):
+        oracle = SmoothedOracle(f, 2, 0.3, 40, early_stop=early_stop, chunk_size=64)
+        full = jax.jit(oracle.decide)(x, y, keys)
+        part = jax.jit(oracle.decide)(x, y, keys, active)
+        a = np.asarray(active)
+        np.testing.assert_array_equal(np.asarray(part.adversarial)[a], np.asarray(full.adversarial)[a])
+        if not early_stop:  # with early stopping a chunk is shared among the active rows
+            np.testing.assert_array_equal(np.asarray(part.evaluations)[a], 40)
+        assert np.all(np.asarray(part.evaluations)[a] <= 40)
+        assert np.all(np.asarray(part.evaluations)[~a] == 0)
+
+
 def test_abstention_is_not_success_unless_configured():
     """n = 10, alpha = 0.001: PREDICT always abstains, so no query can ever succeed (and every
     query succeeds if abstention counts as success) -- even on points of the other class."""

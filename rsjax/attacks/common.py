@@ -205,7 +205,11 @@ def query(oracle: Oracle, env: AttackEnv, core: AttackCore, points: jax.Array, m
     def ask(_):
         keys = query_keys(env.image_keys, jnp.where(sent, index, 0).astype(jnp.uint32))
         pts = clip01(points.reshape((b * p,) + points.shape[2:]))
-        ans = oracle.decide(pts, jnp.repeat(env.y, p), keys.reshape((b * p,) + keys.shape[2:]))
+        flat_keys = keys.reshape((b * p,) + keys.shape[2:])
+        if getattr(oracle, "accepts_active", False):  # unsent probes cost no evaluations
+            ans = oracle.decide(pts, jnp.repeat(env.y, p), flat_keys, sent.reshape(b * p))
+        else:
+            ans = oracle.decide(pts, jnp.repeat(env.y, p), flat_keys)
         return ans.adversarial.reshape(b, p), ans.evaluations.reshape(b, p).astype(jnp.int32)
 
     def skip(_):
