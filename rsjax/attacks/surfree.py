@@ -232,13 +232,12 @@ def orthogonal_direction(r: jax.Array, u: jax.Array, history: jax.Array) -> tupl
     against u only and report it (``exhausted`` [B] True): the caller must then restart the
     history, which has to stay orthonormal. A zero result stays zero (never NaN).
     Returns (v, exhausted)."""
-    hp = jax.lax.Precision.HIGHEST
-
     def off_history(a):  # a [B, K, D] minus its projection on span(history), all K at once
-        # Batched matrix products (~40x faster than tree_sum here); measured on XLA CPU, each
-        # image's result is the same for every batch size >= 2 (single images run as 2 rows).
-        coef = jnp.einsum("bnd,bkd->bkn", history, a, precision=hp)
-        return a - jnp.einsum("bkn,bnd->bkd", coef, history, precision=hp)
+        # Broadcast products reduced over D and N (XLA CPU: ~5x faster than batched einsums,
+        # which lower to tiny per-image GEMMs, and ~200x faster than tree_sum); each image's
+        # result is the same for every batch size >= 2 (single images run as 2 rows).
+        coef = jnp.sum(history[:, None, :, :] * a[:, :, None, :], axis=-1)  # [B, K, N]
+        return a - jnp.sum(coef[..., None] * history[:, None, :, :], axis=2)
 
     def off(a, b):  # a minus its component along unit-or-zero b
         return a - row_dot(a, b)[:, None] * b
