@@ -39,16 +39,22 @@ Oracle with traced parameters: the attacks' jitted programs take (model variable
 as *arguments* (:class:`ParamOracle`), so one compiled program per (attack, architecture,
 criterion, batch size) serves every model, sigma, n and P_a of the sweep; batch sizes are
 restricted to a few buckets (powers of 4 below the batch size) by padding with finished rows.
-Votes use :func:`rsjax.smoothing.vote_counts` with an exact early stop (the decision "adversarial
-or not" is the one the full n-sample vote would give, with the same noise): ``evaluations``
-counts the base-model evaluations actually spent; ``queries * n`` is the nominal cost.
+Votes (:func:`scheduled_vote_counts`) use the noise of :func:`rsjax.smoothing.vote_counts` and
+an exact early stop (the decision "adversarial or not" is the one the full n-sample vote would
+give, with the same noise), checked after rounds that bring each undecided point to 4, 8, 16, ...
+samples: ``evaluations`` counts the base-model evaluations actually spent, and depends on the
+point's own votes only; ``queries * n`` is the nominal cost. Every model call of an oracle query
+has a static shape that depends on the query's points per image and ``vote_chunk`` only
+(:func:`model_block`), never on how many images share a device.
 
-Scale-out (one host): the image batch of each attack is sharded over all visible devices with
-``jax.shard_map`` on a 1-D mesh ``Mesh(jax.devices(), ('batch',))``: every device advances its
-slice of the images (in_specs ``P('batch')``, parameters replicated); the rows of an attack are
-independent, so results do not depend on the device count (tested with 1 and 2 CPU devices via
-``XLA_FLAGS=--xla_force_host_platform_device_count=2``). Buckets are multiples of the device
-count.
+Scale-out (one host): the image batch of each attack is split over all visible devices of a 1-D
+mesh ``Mesh(jax.devices(), ('batch',))``: each device runs the same single-device program on its
+contiguous block of rows (parameters copied once per device), dispatched asynchronously
+(:class:`AttackPrograms`; not ``jax.shard_map``, whose SPMD-compiled program rounds differently
+from the single-device one). Every device holds at least 2 rows, and a 1-row batch runs on one
+device (XLA CPU compiles 1-row arrays differently). Every per-image output (points, distortions,
+queries, evaluations, statuses, traces) is bit-identical with 1 and 2 devices (tested with
+``XLA_FLAGS=--xla_force_host_platform_device_count=2``).
 
 Multi-host (documented, not tested here): start one process per host with
 ``jax.distributed.initialize(coordinator_address, num_processes, process_id)`` before anything
@@ -117,11 +123,17 @@ class ParamOracle:
     ``kind``: 'none' (base classifier f: adversarial iff argmax f(x) != y, 1 evaluation),
     'level' (adversarial iff #{j < n : f(x + sigma N_j) != y} >= k) or 'label' (adversarial iff
     the plurality of the n micro-decisions, lowest-index ties, is not y). Sample j of the query
-    with key kq uses the noise key fold_in(kq, j) (:func:`rsjax.smoothing.vote_counts`), and the
-    vote stops as soon as the answer is decided (exact)."""
+    with key kq uses the noise key fold_in(kq, j) (the noise of :func:`rsjax.smoothing.vote_counts`),
+    and the vote stops as soon as the answer is decided (exact: :func:`scheduled_vote_counts`).
+
+    Shape invariance (what makes a sweep identical on 1 and 2 devices): ``rows`` is the number of
+    images of the batch this oracle serves (a query of P points per image asks rows * P points);
+    every model call is made on a block whose shape depends on P and ``chunk_size`` only
+    (:func:`model_block`), never on how many images a device holds, and each point's vote
+    schedule depends on its own votes only."""
 
     def __init__(self, apply_fn: Callable, params: OracleParams, num_classes: int, kind: str,
-                 chunk_size: int = 2048, noise: str = "hash"):
+                 chunk_size: int = 2048, noise: str = "hash", rows: int | None = None):
         if kind not in ("none",) + CRITERIA:
             raise InputError(f"oracle kind must be one of none, {', '.join(CRITERIA)}; got {kind!r}")
         self.apply_fn = apply_fn
@@ -131,24 +143,37 @@ class ParamOracle:
         self.name = f"param-{kind}"
         self.chunk_size = chunk_size
         self.noise = noise
+        self.rows = rows
 
     def _logits(self, x):
         return self.apply_fn(self.params.variables, x)
 
-    def decide(self, x, y, keys=None):
-        from rsjax.oracle import OracleAnswer
-        from rsjax.smoothing import label_vs_reference_decided, vote_counts, wrong_count_decided
+    def _points_per_image(self, m: int) -> int:
+        return max(1, m // self.rows) if self.rows else m
 
+    #: optional oracle contract (rsjax.oracle): rows with ``active`` False draw no samples
+    accepts_active = True
+
+    def decide(self, x, y, keys=None, active=None):
+        """Answers for the points x [M]; rows with ``active`` [M] False (probes the caller will
+        not send) draw no samples: their answer is meaningless and their evaluations 0."""
+        from rsjax.oracle import OracleAnswer
+        from rsjax.smoothing import label_vs_reference_decided, wrong_count_decided
+
+        per_image = self._points_per_image(x.shape[0])
         if self.kind == "none":
-            adv = jnp.argmax(self._logits(x), axis=-1) != y
+            block = model_block(per_image, self.chunk_size, floor=1)
+            adv = jnp.argmax(blocked_apply(self._logits, x, block), axis=-1) != y
             return OracleAnswer(adv, jnp.ones(adv.shape, jnp.int32))
         p = self.params
         if self.kind == "level":
             stop = lambda c, r: wrong_count_decided(c, r, y, p.k)  # noqa: E731
         else:
             stop = lambda c, r: label_vs_reference_decided(c, r, y)  # noqa: E731
-        res = vote_counts(self._logits, x, keys, p.sigma, p.n, self.num_classes,
-                          chunk_size=vote_chunk_size(x.shape[0], self.chunk_size), noise=self.noise, stop=stop)
+        n = p.n if active is None else jnp.where(active, p.n, 0)
+        res = scheduled_vote_counts(self._logits, x, keys, p.sigma, n, self.num_classes,
+                                    chunk_size=model_block(per_image, self.chunk_size), noise=self.noise,
+                                    stop=stop)
         ny = jnp.take_along_axis(res.counts, y[:, None], axis=-1)[:, 0]
         if self.kind == "level":
             adv = (jnp.sum(res.counts, axis=-1) - ny) >= p.k
@@ -160,12 +185,98 @@ class ParamOracle:
         return 1 if self.kind == "none" else int(self.params.n)
 
 
-def vote_chunk_size(points: int, cap: int) -> int:
-    """Static slot count of one voting chunk for a query of ``points`` points: 4 slots per
-    point (next power of two), between 128 and ``cap``. A fixed large chunk wastes most of its
-    slots on the one-point-per-image queries of binary searches (B points x n samples); n is a
-    traced value, so the chunk cannot follow it."""
-    return int(min(cap, max(128, 4 * (1 << max(0, (points - 1).bit_length())))))
+#: images whose points share one model call (sets the block size: see :func:`model_block`)
+IMAGES_PER_BLOCK = 16
+#: samples each point gets in its first voting round (then doubled every round)
+FIRST_ROUND = 4
+
+
+def model_block(points_per_image: int, cap: int, floor: int = 128) -> int:
+    """Static row count of every model call of an oracle query with ``points_per_image`` points
+    per image: room for 4 samples of each point of ``IMAGES_PER_BLOCK`` images (next power of
+    two), between ``floor`` and ``cap`` (the sweep's ``vote_chunk``). It depends on the kind of
+    query (binary search: 1 point; HSJA's gradient estimate: its probe batch) and never on the
+    number of images a device holds, so the model sees the same shapes whatever the device count
+    (a forward pass in XLA may round differently for different batch sizes)."""
+    want = 4 * (1 << max(0, (points_per_image * IMAGES_PER_BLOCK - 1).bit_length()))
+    return int(max(1, min(cap, max(floor, want))))
+
+
+def blocked_apply(fn: Callable[[jax.Array], jax.Array], x: jax.Array, block: int) -> jax.Array:
+    """``fn(x)`` for x [M, ...] computed on zero-padded blocks of exactly ``block`` rows
+    (``jax.lax.map`` over ceil(M / block) blocks): every call of ``fn`` has the same shape, so a
+    row's output never depends on M."""
+    m = x.shape[0]
+    nb = max(1, -(-m // block))
+    xp = jnp.pad(x, [(0, nb * block - m)] + [(0, 0)] * (x.ndim - 1))
+    if nb == 1:
+        return fn(xp)[:m]
+    out = jax.lax.map(fn, xp.reshape((nb, block) + x.shape[1:]))
+    return out.reshape((nb * block,) + out.shape[2:])[:m]
+
+
+def scheduled_vote_counts(logits_fn: Callable, x: jax.Array, keys: jax.Array, sigma, n, num_classes: int, *,
+                          chunk_size: int, noise: str = "hash", stop: Callable | None = None,
+                          first_round: int = FIRST_ROUND):
+    """Votes with an exact early stop whose cost per point depends on that point alone.
+
+    ``n``: a scalar or [M] (n_i = 0 skips point i). Same noise as
+    :func:`rsjax.smoothing.vote_counts` (sample j of point i uses
+    ``fold_in(keys[i], j)``), hence the same decisions; but the samples are spent in rounds:
+    round r brings every undecided point to min(n, first_round * 2**r) samples, and ``stop`` is
+    checked after each round. A point's evaluations are therefore fixed by its own votes
+    (vote_counts shares each chunk among the active points, so a point's count there depends on
+    how many other points are active, i.e. on the batch and on the device count). A round's
+    samples are packed into model calls of exactly ``chunk_size`` rows (an inner loop).
+    Returns :class:`rsjax.smoothing.VoteResult` (counts [M, K], evaluations [M])."""
+    from rsjax.smoothing import VoteResult, sample_key, sample_noise
+
+    m = x.shape[0]
+    pshape = x.shape[1:]
+    n = jnp.broadcast_to(jnp.asarray(n, jnp.int32), (m,))
+    sigma = jnp.asarray(sigma, jnp.float32)
+    slots = jnp.arange(chunk_size, dtype=jnp.int32)
+    shift_cap = max(1, 30 - max(0, int(first_round).bit_length()))
+
+    def live(done, decided):
+        return (~decided) & (done < n)
+
+    def round_cond(state):
+        _, done, decided, _ = state
+        return jnp.any(live(done, decided))
+
+    def round_body(state):
+        counts, done, decided, r = state
+        target = jnp.where(r >= shift_cap, n, jnp.minimum(n, jnp.left_shift(jnp.int32(first_round), r)))
+        want = jnp.where(live(done, decided), jnp.maximum(target - done, 0), 0)
+        cum = jnp.cumsum(want)
+        begin = cum - want
+        total = cum[-1]
+
+        def chunk_cond(c):
+            return c[1] < total
+
+        def chunk_body(c):
+            counts_, base = c
+            s = base + slots
+            valid = s < total
+            point = jnp.minimum(jnp.searchsorted(cum, s, side="right"), m - 1).astype(jnp.int32)
+            sample = done[point] + s - begin[point]
+            skeys = jax.vmap(lambda p_, j: sample_key(keys[p_], j.astype(jnp.uint32)))(point, sample)
+            z = jax.vmap(lambda k: sample_noise(k, pshape, noise))(skeys)
+            labels = jnp.argmax(logits_fn(x[point] + sigma * z), axis=-1)
+            return counts_.at[point, labels].add(valid.astype(jnp.int32)), base + chunk_size
+
+        counts, _ = jax.lax.while_loop(chunk_cond, chunk_body, (counts, jnp.int32(0)))
+        done = done + want
+        if stop is not None:
+            decided = decided | stop(counts, n - done)
+        return counts, done, decided, r + 1
+
+    init = (jnp.zeros((m, num_classes), jnp.int32), jnp.zeros((m,), jnp.int32), jnp.zeros((m,), bool),
+            jnp.int32(0))
+    counts, done, _, _ = jax.lax.while_loop(round_cond, round_body, init)
+    return VoteResult(counts, done)
 
 
 class _Handle:
@@ -180,12 +291,22 @@ class _Handle:
 
 
 def _allowed_sizes(full: int, ndev: int) -> list[int]:
-    """Batch sizes compiled for a batch of ``full`` rows: full, full/4, full/16, ... rounded up
-    to multiples of the device count (padding rows are finished rows, they cost one oracle
-    evaluation slot each but no query)."""
+    """Batch sizes compiled for a batch of ``full`` rows: the single-device buckets full, full/4,
+    full/16, ..., 1; with ``ndev`` > 1 devices each bucket s >= 2 becomes ndev * max(2,
+    ceil(s / ndev)) (every device holds at least 2 rows) and the 1-row bucket runs on one device,
+    unsharded. Padding rows are finished rows (they cost oracle slots but no query).
+
+    Why: XLA CPU generates different code for a 1-row array than for any B >= 2 (FMA contraction
+    in the fused loops: measured, ``x + r * u`` differs in the last bit for B = 1 only), while the
+    attacks' arithmetic is otherwise the same per row for every B >= 2 (tree sums instead of
+    ``jnp.sum``, SurFree's two-row trick). A row therefore sees a 1-row program on 2 devices
+    exactly when it does on 1 device: when it is the last live image of its batch."""
     sizes, s = set(), full
     while True:
-        sizes.add(int(math.ceil(s / ndev)) * ndev)
+        if s <= 1 or ndev == 1:
+            sizes.add(int(s))
+        else:
+            sizes.add(ndev * max(2, int(math.ceil(s / ndev))))
         if s <= 1:
             break
         s = max(1, s // 4)
@@ -204,41 +325,45 @@ def _pad_rows(tree, size: int):
 
 class AttackPrograms:
     """Compiled start/chunk programs of one attack for one (architecture, criterion), shared by
-    every setting (parameters are arguments), sharded over ``mesh`` (1-D axis 'batch')."""
+    every setting (parameters are arguments), data-parallel over the devices of ``mesh`` (a 1-D
+    mesh, axis 'batch'; None: one device).
+
+    Every device runs the *same* single-device program on its contiguous block of rows: the
+    padded batch is split into ``ndev`` equal blocks, each block is put on its device and the
+    jitted program is dispatched there (asynchronously, so the devices work in parallel), and the
+    outputs are gathered on the first device. This replaces ``jax.shard_map``: the SPMD-partitioned
+    program that shard_map compiles is not the single-device program (measured: XLA fuses it
+    differently, and an HSJA step then differed in the last bit of 2 pixels), whereas one program
+    compiled for the same shapes gives every row the same arithmetic on every device. With
+    :func:`_allowed_sizes` (every device holds >= 2 rows, a 1-row batch runs on one device) and
+    the shape-invariant oracle (:class:`ParamOracle`), the results are bit-identical on 1 and
+    on several devices."""
 
     def __init__(self, attack, apply_fn: Callable, num_classes: int, kind: str, mesh=None,
                  chunk_size: int = 2048, noise: str = "hash"):
-        from jax.sharding import PartitionSpec as P
-
         self.attack = attack
         self.kind = kind
         self.mesh = mesh
-        self.ndev = 1 if mesh is None else mesh.devices.size
+        self.devices = [None] if mesh is None else list(mesh.devices.flat)
+        self.ndev = len(self.devices)
         self.full = None
 
-        def oracle_of(params):
-            return ParamOracle(apply_fn, params, num_classes, kind, chunk_size=chunk_size, noise=noise)
+        def oracle_of(params, env):
+            return ParamOracle(apply_fn, params, num_classes, kind, chunk_size=chunk_size, noise=noise,
+                               rows=env.x.shape[0])
 
         def start(params, env):
-            return attack._start(oracle_of(params), env)
+            return attack._start(oracle_of(params, env), env)
 
         def chunk(params, env, core, extra):
-            return attack._chunk(oracle_of(params), env, core, extra)
+            return attack._chunk(oracle_of(params, env), env, core, extra)
 
-        if mesh is not None and self.ndev > 1:
-            from rsjax.attacks.common import AttackEnv
-
-            b = P("batch")
-            env_spec = AttackEnv(b, b, b, b, P())
-            start = jax.shard_map(start, mesh=mesh, in_specs=(P(), env_spec), out_specs=b, check_vma=False)
-            chunk = jax.shard_map(chunk, mesh=mesh, in_specs=(P(), env_spec, b, b),
-                                  out_specs=(b, b, P(None, "batch")), check_vma=False)
         self._start = jax.jit(start)
         self._chunk = jax.jit(chunk)
 
     def _size_for(self, b: int) -> int:
         if self.full is None or b > self.full:
-            self.full = max(b, self.ndev)
+            self.full = b
         for s in _allowed_sizes(self.full, self.ndev):
             if s >= b:
                 return s
@@ -247,13 +372,33 @@ class AttackPrograms:
     def functions(self, handle: _Handle):
         """(start, chunk) with the signatures :meth:`DecisionAttack.run` expects."""
         params = handle.params
+        placed: dict[int, Any] = {}  # device index -> params on that device (moved once)
+
+        def call(program, size: int, args, batch_axis_of_outputs):
+            if self.ndev == 1:
+                return program(params, *args)
+            parts = self.ndev if size > 1 else 1
+            per = size // parts
+            outs = []
+            for d in range(parts):
+                dev = self.devices[d]
+                if d not in placed:
+                    placed[d] = jax.device_put(params, dev)
+                block = jax.tree.map(lambda a: a[d * per:(d + 1) * per] if a.ndim else a, args)
+                outs.append(program(placed[d], *jax.device_put(block, dev)))
+            if parts == 1:
+                return outs[0]
+            dev0 = self.devices[0]
+            outs = jax.device_put(outs, dev0)
+            return tuple(jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=ax), *[o[i] for o in outs])
+                         for i, ax in enumerate(batch_axis_of_outputs))
 
         def start(env):
             b = env.x.shape[0]
             size = self._size_for(b)
             if size != b:
                 env = _pad_env(env, size)
-            core, extra = self._start(params, env)
+            core, extra = call(self._start, size, (env,), (0, 0))
             return jax.tree.map(lambda a: a[:b], (core, extra))
 
         def chunk(env, core, extra):
@@ -264,7 +409,7 @@ class AttackPrograms:
                 core = _pad_rows(core, size)
                 core = core._replace(done=core.done.at[b:].set(True))
                 extra = _pad_rows(extra, size)
-            core, extra, trace = self._chunk(params, env, core, extra)
+            core, extra, trace = call(self._chunk, size, (env, core, extra), (0, 0, 1))
             core, extra = jax.tree.map(lambda a: a[:b], (core, extra))
             return core, extra, jax.tree.map(lambda a: a[:, :b], trace)
 

@@ -61,8 +61,10 @@ def test_batches_and_process_slices_and_sizes():
     parts = [sweep.process_slice(ids, i, 3) for i in range(3)]
     assert sorted(np.concatenate(parts).tolist()) == ids.tolist()
     assert sweep._allowed_sizes(64, 1) == [1, 4, 16, 64]
-    assert sweep._allowed_sizes(64, 2) == [2, 4, 16, 64]
-    assert all(s % 3 == 0 for s in sweep._allowed_sizes(50, 3))
+    assert sweep._allowed_sizes(64, 2) == [1, 4, 16, 64]
+    assert sweep._allowed_sizes(8, 1) == [1, 2, 8]
+    assert sweep._allowed_sizes(8, 2) == [1, 4, 8]  # >= 2 rows per device; 1 row: one device
+    assert all(s == 1 or (s % 3 == 0 and s >= 6) for s in sweep._allowed_sizes(50, 3))
 
 
 def test_presets_validate_and_round_trip():
@@ -132,6 +134,37 @@ def test_param_oracle_matches_smoothed_oracle(criterion, n, p_a):
     adv = np.asarray(b.adversarial)
     assert 0 < adv.sum() < len(adv)  # both answers occur: the comparison is not vacuous
     assert mine.max_evaluations_per_query() == n
+
+
+def test_scheduled_votes_are_exact_and_per_point():
+    """scheduled_vote_counts: without a stop rule the counts are those of smoothing.vote_counts
+    (same noise); with one, the decision is the full vote's and each point's evaluations do not
+    depend on the other points of the call (alone or with others, any chunk size)."""
+    from rsjax.oracle import image_keys
+    from rsjax.smoothing import label_decided, vote_counts
+
+    clf = _mlp()
+    apply = sweep._apply_fn(clf)
+    logits = lambda z: apply(clf.variables, z)  # noqa: E731
+    x = jnp.asarray(np.random.default_rng(2).uniform(0, 1, (6, 28, 28, 1)).astype(np.float32))
+    keys = image_keys(jax.random.key(7), jnp.arange(6))
+    n, sigma = 37, 0.9
+    full = jax.jit(lambda xx: vote_counts(logits, xx, keys, sigma, n, 10, chunk_size=128))(x)
+    mine = jax.jit(lambda xx: sweep.scheduled_vote_counts(logits, xx, keys, sigma, n, 10, chunk_size=128))(x)
+    np.testing.assert_array_equal(np.asarray(mine.counts), np.asarray(full.counts))
+    assert np.asarray(mine.evaluations).tolist() == [n] * 6
+    stopped = [jax.jit(lambda xx, kk, c=c: sweep.scheduled_vote_counts(logits, xx, kk, 0.2, n, 10, chunk_size=c,
+                                                                       stop=label_decided))(xs, ks)
+               for c, xs, ks in ((128, x, keys), (256, x, keys), (128, x[2:], keys[2:]))]
+    ev = [np.asarray(r.evaluations) for r in stopped]
+    assert ev[0].tolist() == ev[1].tolist() and ev[0][2:].tolist() == ev[2].tolist()
+    assert set(ev[0].tolist()) <= {4, 8, 16, 32, 37} and ev[0].min() < n
+    lab = np.asarray(vote_counts(logits, x, keys, 0.2, n, 10, chunk_size=128).counts).argmax(-1)
+    assert np.asarray(stopped[0].counts).argmax(-1).tolist() == lab.tolist()
+    # inactive points draw nothing
+    off = sweep.scheduled_vote_counts(logits, x, keys, sigma, jnp.where(jnp.arange(6) % 2 == 0, n, 0), 10,
+                                      chunk_size=128)
+    assert np.asarray(off.evaluations).tolist() == [n, 0] * 3
 
 
 # ------------------------------------------------------------------------------------ real runs
@@ -228,8 +261,9 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, smoke_cache, smoke_refe
 
 
 def test_one_and_two_devices_give_identical_attacks(tmp_path):
-    """All three attacks under RS (level n=5), and RayS without RS, on 6 images: shard_map over a
-    2-device 'batch' mesh vs a single device, in a subprocess with two forced CPU devices."""
+    """All three attacks under RS (level, n = 5 and n = 12 so votes take several rounds), and
+    RayS without RS, on 6 images in a batch of 8: two CPU devices vs one, in a subprocess with
+    two forced CPU devices. Every per-image output is bit-identical (issue #6)."""
     script = textwrap.dedent("""
         import json, sys
         import jax, jax.numpy as jnp, numpy as np
@@ -246,24 +280,20 @@ def test_one_and_two_devices_give_identical_attacks(tmp_path):
         y = clf.predict(x)
         ids = np.array([11, 3, 7, 20, 5, 9])
         mesh = sweep.make_mesh()
+        fields = ("x_adv", "l2", "linf", "success", "status", "queries", "evaluations", "steps",
+                  "trace_queries", "trace_l2", "trace_linf")
         out = {}
-        for name, opts, kind, n, k in [("hsja", {"init_num_evals": 10, "probe_batch": 10}, "level", 5, 3),
+        for name, opts, kind, n, k in [("hsja", {"init_num_evals": 10, "probe_batch": 10}, "level", 12, 6),
                                        ("surfree", {}, "level", 5, 3), ("rays", {}, "level", 5, 3),
                                        ("rays", {}, "none", 1, 1)]:
-            if True:
-                params = sweep.OracleParams(clf.variables, jnp.float32(0.5), jnp.int32(n), jnp.int32(k))
-                res = []
-                for m in (None, mesh):
-                    progs = sweep.AttackPrograms(get_attack(name, **opts), sweep._apply_fn(clf), 10, kind, m)
-                    r = sweep.run_attack(progs, params, 10, x, y, ids, jax.random.key(0), 40, 8)
-                    res.append(r)
-                a, b = res
-                same = (a.queries.tolist() == b.queries.tolist() and a.evaluations.tolist() == b.evaluations.tolist()
-                        and a.status.tolist() == b.status.tolist() and a.success.tolist() == b.success.tolist())
-                fin = np.isfinite(a.l2)
-                same = same and fin.tolist() == np.isfinite(b.l2).tolist()
-                out[f"{name}-{kind}"] = [same, float(np.abs(a.l2[fin] - b.l2[fin]).max(initial=0.0)),
-                                         float(np.abs(a.x_adv - b.x_adv).max()), a.queries.tolist()]
+            params = sweep.OracleParams(clf.variables, jnp.float32(0.5), jnp.int32(n), jnp.int32(k))
+            res = []
+            for m in (None, mesh):
+                progs = sweep.AttackPrograms(get_attack(name, **opts), sweep._apply_fn(clf), 10, kind, m)
+                res.append(sweep.run_attack(progs, params, 10, x, y, ids, jax.random.key(0), 40, 8))
+            a, b = res
+            differ = [f for f in fields if not np.array_equal(getattr(a, f), getattr(b, f))]
+            out[f"{name}-{kind}"] = [differ, a.queries.tolist(), a.evaluations.tolist(), a.status.tolist()]
         json.dump(out, sys.stdout)
     """)
     env = dict(os.environ)
@@ -273,13 +303,12 @@ def test_one_and_two_devices_give_identical_attacks(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout)
     assert len(out) == 4
-    for name, (same, dl2, dx, queries) in out.items():
-        # every decision, query count, evaluation count and status is identical; distortions and
-        # points agree to float32 rounding (XLA may vectorize a reduction differently on a
-        # half-size shard: differences of ~1 ulp were observed, never a different decision)
-        assert same, f"{name}: decisions/counts differ between 1 and 2 devices"
-        assert dl2 <= 1e-5 and dx <= 1e-5, (name, dl2, dx)
+    for name, (differ, queries, evaluations, status) in out.items():
+        assert differ == [], f"{name}: {differ} differ between 1 and 2 devices"
         assert max(queries) > 1  # attacks ran (not all images misclassified at query 0)
+        assert "attacked" in status
+    n = 12  # HSJA's votes stopped early somewhere (the schedule was exercised)
+    assert any(e < q * n for q, e in zip(out["hsja-level"][1], out["hsja-level"][2]))
 
 
 def test_given_checkpoints_replace_models(tmp_path):
