@@ -21,20 +21,25 @@ from rsjax.models import get_model_spec
 from rsjax.models.registry import ModelSpec
 
 
-def forward_in_blocks(fn: Callable[[jax.Array], jax.Array], block: int | None) -> Callable[[jax.Array], jax.Array]:
+def forward_in_blocks(fn: Callable[[jax.Array], jax.Array], block: int | None,
+                      pad_small: bool = False) -> Callable[[jax.Array], jax.Array]:
     """``x[N, ...] -> fn(x)`` computed as ``jax.lax.map`` of ``fn`` over ceil(N / block) blocks of
     ``block`` rows (the last one zero-padded, its padding dropped). Identity wrapper when ``block``
-    is None; a batch of at most ``block`` rows is one call of ``fn`` on exactly those rows.
+    is None. A batch of at most ``block`` rows is one call of ``fn`` on exactly those rows, or,
+    with ``pad_small``, on them zero-padded to ``block`` rows (then every call of ``fn`` has the
+    same shape whatever N, so a row's output never depends on N).
     Every block has the same shape, so each image's output depends only on its own block."""
     if block is None:
         return fn
 
     def blocked(x: jax.Array) -> jax.Array:
         n = x.shape[0]
-        if n <= block:
+        if n <= block and not pad_small:
             return fn(x)
-        m = -(-n // block) * block
+        m = max(1, -(-n // block)) * block
         xp = jnp.pad(x, [(0, m - n)] + [(0, 0)] * (x.ndim - 1))
+        if m == block:
+            return fn(xp)[:n]
         out = jax.lax.map(fn, xp.reshape((m // block, block) + x.shape[1:]))
         return out.reshape((m,) + out.shape[2:])[:n]
 

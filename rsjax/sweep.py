@@ -204,15 +204,11 @@ def model_block(points_per_image: int, cap: int, floor: int = 128) -> int:
 
 def blocked_apply(fn: Callable[[jax.Array], jax.Array], x: jax.Array, block: int) -> jax.Array:
     """``fn(x)`` for x [M, ...] computed on zero-padded blocks of exactly ``block`` rows
-    (``jax.lax.map`` over ceil(M / block) blocks): every call of ``fn`` has the same shape, so a
-    row's output never depends on M."""
-    m = x.shape[0]
-    nb = max(1, -(-m // block))
-    xp = jnp.pad(x, [(0, nb * block - m)] + [(0, 0)] * (x.ndim - 1))
-    if nb == 1:
-        return fn(xp)[:m]
-    out = jax.lax.map(fn, xp.reshape((nb, block) + x.shape[1:]))
-    return out.reshape((nb * block,) + out.shape[2:])[:m]
+    (:func:`rsjax.classifier.forward_in_blocks` with ``pad_small``): every call of ``fn`` has the
+    same shape, so a row's output never depends on M."""
+    from rsjax.classifier import forward_in_blocks
+
+    return forward_in_blocks(fn, block, pad_small=True)(x)
 
 
 def scheduled_vote_counts(logits_fn: Callable, x: jax.Array, keys: jax.Array, sigma, n, num_classes: int, *,

@@ -41,3 +41,19 @@ def test_cifar_resnet_uses_blocks_on_cpu_and_agrees_with_one_call():
     plain = np.asarray(jax.jit(lambda z: clf._module.apply(clf.variables, z, train=False))(x))
     np.testing.assert_allclose(blocked, plain, rtol=1e-4, atol=1e-5)
     assert (blocked.argmax(1) == plain.argmax(1)).all()
+
+
+def test_pad_small_always_calls_fn_on_whole_blocks():
+    shapes = []
+
+    def spy(x):
+        shapes.append(x.shape[0])
+        return _fn(x)
+
+    x = jax.random.uniform(jax.random.key(3), (5, 2, 2, 1))
+    out = forward_in_blocks(spy, 8, pad_small=True)(x)
+    assert shapes == [8] and out.shape == (5, 3)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(_fn(jnp.pad(x, ((0, 3), (0, 0), (0, 0), (0, 0))))[:5]))
+    shapes.clear()
+    forward_in_blocks(spy, 8)(x)
+    assert shapes == [5]
