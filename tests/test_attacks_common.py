@@ -10,6 +10,7 @@ import pytest
 
 from rsjax.attacks.common import (
     AttackCore, AttackEnv, AttackResult, TRACE_PAD, binary_search, initial_core, query, safe_normalize,
+    tree_sum,
 )
 from rsjax.errors import InputError
 from rsjax.models.linear import linear_logits_fn
@@ -349,3 +350,28 @@ def test_cli_attack_smoothed_level_and_bad_flags(tiny_mlp_problem, capsys):
     assert "--n=5 needs --sigma" in capsys.readouterr().err
     assert main(base + ["--sigma", "0.25"]) == 2
     assert "--sigma needs --n" in capsys.readouterr().err
+
+
+def _pairwise_reference(v: np.ndarray) -> np.ndarray:
+    """numpy statement of tree_sum's order over the last axis: zero-pad to a power of two,
+    then add the two halves until one element is left (float32 throughout)."""
+    d = v.shape[-1]
+    n = 1 << max(0, (d - 1).bit_length())
+    v = np.concatenate([v, np.zeros(v.shape[:-1] + (n - d,), v.dtype)], axis=-1)
+    while n > 1:
+        n //= 2
+        v = v[..., :n] + v[..., n:]
+    return v[..., 0]
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 50, 64, 784])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_tree_sum_is_the_fixed_pairwise_order_on_any_axis(d, axis):
+    """Bit-for-bit the padded pairwise order, whichever axis is summed (the implementation
+    neither pads nor transposes; it must still add the same pairs)."""
+    shape = [3, 4, 5]
+    shape[axis] = d
+    v = np.random.default_rng(d + axis).standard_normal(shape).astype(np.float32) * 1e3
+    got = np.asarray(tree_sum(jnp.asarray(v), axis=axis))
+    want = _pairwise_reference(np.moveaxis(v, axis, -1))
+    np.testing.assert_array_equal(got, want)

@@ -122,3 +122,18 @@ def test_under_randomized_smoothing_no_nan_exact_budget_reproducible(hsja, probl
     assert (a.evaluations <= 10 * a.queries).all() and (a.evaluations >= a.queries).all()
     assert (a.queries[a.status == "attacked"] == 300).all()
     assert_same_result(a, hsja.run(oracle, x, y, 0, 300))
+
+
+def test_probe_noise_option(problem):
+    """Both generators of probe directions run the faithful algorithm (same accuracy bound on
+    the linear problem) and give different draws; an unknown generator is refused by name."""
+    x, y, w, b, oracle = problem
+    true = l2_distance_to_hyperplane(x, w, b)
+    hashed = HSJA(probe_noise="hash").run(oracle, x, y, 0, 1000)
+    three = HSJA(probe_noise="threefry").run(oracle, x, y, 0, 1000)
+    for res in (hashed, three):
+        assert_sane(res, 1000)
+        assert (res.l2 / true <= 1.06).all() and (res.l2 / true >= 1 - 1e-4).all()
+    assert not np.array_equal(hashed.x_adv, three.x_adv)
+    with pytest.raises(Exception, match="probe_noise.*'normal'"):
+        HSJA(probe_noise="normal")

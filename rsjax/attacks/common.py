@@ -130,15 +130,20 @@ def tree_sum(v: jax.Array, axis: int = 1) -> jax.Array:
     XLA:CPU's own reductions change their summation order with the number of rows (measured:
     a row sum over 784 values differs in the last bit between 5 and 7 rows), which would make an
     image's trajectory depend on its batch; elementwise adds in a fixed order do not."""
-    v = jnp.moveaxis(v, axis, -1)
-    d = v.shape[-1]
+    axis = axis % v.ndim
+    d = v.shape[axis]
     n = 1 << max(0, (d - 1).bit_length())
     if n != d:
-        v = jnp.concatenate([v, jnp.zeros(v.shape[:-1] + (n - d,), v.dtype)], axis=-1)
+        # first halving of the zero-padded vector without materialising the padding:
+        # w[i] = v[i] + v[i + n/2] for i < d - n/2, and w[i] = v[i] (+ 0) for the rest
+        h = n // 2
+        sl = lambda a, b: jax.lax.slice_in_dim(v, a, b, axis=axis)  # noqa: E731
+        v = jnp.concatenate([sl(0, d - h) + sl(h, d), sl(d - h, h)], axis=axis)
+        n = h
     while n > 1:
         n //= 2
-        v = v[..., :n] + v[..., n:]
-    return v[..., 0]
+        v = jax.lax.slice_in_dim(v, 0, n, axis=axis) + jax.lax.slice_in_dim(v, n, 2 * n, axis=axis)
+    return jnp.squeeze(v, axis)
 
 
 def l2_norm(v: jax.Array) -> jax.Array:

@@ -39,12 +39,16 @@ from rsjax.attacks.common import (
     l2_norm, query, query_one, remaining, safe_normalize, tree_sum, update_best,
 )
 from rsjax.errors import InputError
+from rsjax.smoothing import NOISE_IMPLS, sample_noise
 
 
 @dataclass(frozen=True)
 class HSJAConfig:
     """HSJA settings; defaults are the original's. ``probe_batch``, ``max_step_halvings``,
-    ``max_init_tries`` and ``chunk_steps`` are execution bounds, not algorithm parameters."""
+    ``max_init_tries`` and ``chunk_steps`` are execution bounds, not algorithm parameters.
+    ``probe_noise`` is the generator of the Gaussian probe directions: 'hash' (default, the
+    counter-hash normals of :func:`rsjax.smoothing.sample_noise`, ~2.5x cheaper on CPU) or
+    'threefry' (``jax.random.normal``); both give N(0, I) directions, only the draws differ."""
 
     gamma: float = 1.0
     init_num_evals: int = 100
@@ -55,6 +59,7 @@ class HSJAConfig:
     max_step_halvings: int = 30
     probe_batch: int = 50
     chunk_steps: int = 1
+    probe_noise: str = "hash"
 
 
 class HSJAState(NamedTuple):
@@ -80,6 +85,8 @@ class HSJA(DecisionAttack):
             v = getattr(c, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+        if c.probe_noise not in NOISE_IMPLS:
+            raise InputError(f"probe_noise must be one of {NOISE_IMPLS}, got {c.probe_noise!r}")
         if not 0 < c.init_blend_tolerance < 1:
             raise InputError(f"init_blend_tolerance must lie in (0, 1), got {c.init_blend_tolerance!r}")
 
@@ -138,17 +145,30 @@ class HSJA(DecisionAttack):
 
         def body(s):
             i, core_, s_phi_u, s_u, s_phi, count = s
-            k = jax.vmap(lambda kk: jax.random.fold_in(kk, i))(key)
-            rv = jax.vmap(lambda kk: jax.random.normal(kk, (p,) + shape))(k)  # [B, P, ...]
-            rv = safe_normalize(rv.reshape((b * p,) + shape)).reshape(rv.shape)
-            probes = clip01(x_b[:, None] + bcast(delta, rv) * rv)
-            rv = (probes - x_b[:, None]) / bcast(delta, rv)
             want = active[:, None] & ((i * p + jnp.arange(p))[None, :] < n_evals[:, None])
+
+            def directions(_):
+                k = jax.vmap(lambda kk: jax.random.fold_in(kk, i))(key)
+                rv = jax.vmap(lambda kk: sample_noise(kk, (p,) + shape, c.probe_noise))(k)  # [B, P, ...]
+                rv = safe_normalize(rv.reshape((b * p,) + shape)).reshape(rv.shape)
+                probes = clip01(x_b[:, None] + bcast(delta, rv) * rv)
+                return probes, (probes - x_b[:, None]) / bcast(delta, rv)
+
+            def no_directions(_):
+                z = jnp.zeros((b, p) + shape, x_b.dtype)
+                return z, z
+
+            # the conditional materialises the directions once; as plain code, XLA's fusion
+            # re-derived the normals inside each consumer (the oracle's input, the norm, the
+            # sums below): ~3x the generator's cost per probe batch
+            probes, rv = jax.lax.cond(jnp.any(want), directions, no_directions, None)
             out = query(oracle, env, core_, probes, want)
             phi = jnp.where(out.adversarial, 1.0, -1.0)
             w = out.sent.astype(rv.dtype)
-            s_phi_u = s_phi_u + tree_sum(bcast(w * phi, rv) * rv, axis=1)
-            s_u = s_u + tree_sum(bcast(w, rv) * rv, axis=1)
+            wts = jnp.stack([w * phi, w], axis=2)  # [B, P, 2]: both weighted sums in one pass
+            sums = tree_sum(bcast(wts, rv[:, :, None]) * rv[:, :, None], axis=1)  # [B, 2, ...]
+            s_phi_u = s_phi_u + sums[:, 0]
+            s_u = s_u + sums[:, 1]
             s_phi = s_phi + jnp.sum(w * phi, axis=1)
             count = count + jnp.sum(w, axis=1)
             return i + 1, out.core, s_phi_u, s_u, s_phi, count
