@@ -8,7 +8,7 @@ of ``../shared/data/cifar10/test_jpeg.npz`` (10 x 8 = 80 by default), no randomi
 For each attack it prints the median L2 (and L-inf for RayS) distortion reached within 500 /
 1,000 / 2,000 queries (every query counted, clean-image check and start search included; read
 from the best-distortion trace of one run of --queries), the wall time per image (batch wall
-time / images, compilation excluded by a warm-up run on --warmup images), and the model
+time / images, compilation excluded by a warm-up run of the same batch at a small budget), and the model
 evaluations per second inside the attack next to the raw jitted forward pass of the same model
 on a batch of the attack's typical size.
 
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--per-class", type=int, default=8)
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=80)
-    p.add_argument("--warmup", type=int, default=2, help="images of a warm-up run (compilation)")
+    p.add_argument("--warmup-queries", type=int, default=40,
+                   help="budget of the warm-up run on the same batch (compiles its programs, not timed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", default=None, help="write all numbers to this JSON file")
     args = p.parse_args(argv)
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
     oracle = ModelOracle(classifier.logits_fn, classifier.num_classes, name=classifier.spec.name)
     print(f"model {classifier.spec.name}, {len(idx)} correctly classified images "
           f"(classes {np.bincount(y, minlength=classifier.num_classes).tolist()}), "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs (shared machine)")
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, {len(os.sched_getaffinity(0))} of "
+          f"{os.cpu_count()} CPUs usable, load average {os.getloadavg()[0]:.2f}")
 
     results = {"images": idx.tolist(), "attacks": {}}
     for name in args.attacks:
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
             print(f"{name}: not available ({e})")
             continue
         t = time.perf_counter()
-        attack.run(oracle, x[: args.warmup], y[: args.warmup], args.seed + 1, 30, batch_size=args.batch_size)
+        attack.run(oracle, x, y, args.seed + 1, args.warmup_queries, image_ids=idx, batch_size=args.batch_size)
         compile_s = time.perf_counter() - t
         t = time.perf_counter()
         res = attack.run(oracle, x, y, args.seed, args.queries, image_ids=idx, batch_size=args.batch_size)

@@ -381,6 +381,11 @@ class DecisionAttack:
     #: True when ``init`` finds the starting point (an image without one after ``init`` is
     #: 'no_start'); False when steps search for it (RayS): then only the budget ends the search.
     start_in_init: bool = True
+    #: Fields of the ``extra`` NamedTuple that ``step`` provably never changes on inactive
+    #: rows: the driver then skips its defensive row select on them (for large per-image
+    #: buffers, e.g. SurFree's [B, n_ortho, D] direction history, that select is a full copy
+    #: per step).
+    inactive_rows_kept: tuple[str, ...] = ()
 
     def __init__(self, **overrides: Any):
         fields = {f.name for f in dataclasses.fields(self.Config)}
@@ -426,7 +431,10 @@ class DecisionAttack:
             active = env.valid & ~core.done
             new_core, new_extra = self.step(oracle, env, core, extra, active)
             new_core = new_core._replace(steps=new_core.steps + active.astype(jnp.int32))
+            kept = {f: getattr(new_extra, f) for f in self.inactive_rows_kept}
             new_core, new_extra = where_rows(active, (new_core, new_extra), (core, extra))
+            if kept:  # the step already leaves these unchanged on inactive rows: no full copy
+                new_extra = new_extra._replace(**kept)
             stalled = new_core.queries == core.queries
             finished = (new_core.queries >= env.max_queries) | stalled
             if self.start_in_init:

@@ -279,6 +279,8 @@ class SurFree(DecisionAttack):
     name = "surfree"
     metric = "l2"
     Config = SurFreeConfig
+    # written only in _new_directions, on rows that need a direction (a subset of the active)
+    inactive_rows_kept = ("history",)
 
     def check_config(self) -> None:
         super().check_config()
@@ -373,21 +375,50 @@ class SurFree(DecisionAttack):
         return core, state
 
     # -- one tick: one query per active image
-    def _new_directions(self, env: AttackEnv, s: SurFreeState, need: jax.Array) -> SurFreeState:
+    def _draw_directions(self, env: AttackEnv, s: SurFreeState, rows: jax.Array, sel: jax.Array):
+        """New unit directions for the images ``rows`` [K] (``sel`` [K]: real entries; the
+        others are out-of-range padding whose results are dropped). Returns (v [K, D],
+        exhausted [K]). Each row's arithmetic is row-wise, so its result does not depend on K
+        (K >= 2, checked by the batch-invariance tests)."""
         c = self.config
-        keys = attack_keys(env.image_keys, s.n_dirs + 1)
-        raw = jax.vmap(lambda k, wgt: dct.random_dct_direction(k, wgt, c.beta))(keys, s.basis)
-        u = unit(flat(s.x_adv - env.x))
-        v, exhausted = orthogonal_direction(flat(raw), u, s.history)
-        restart = need & exhausted
-        history = jax.lax.cond(jnp.any(restart), lambda h: jnp.where(restart[:, None, None], 0.0, h),
-                               lambda h: h, s.history)
-        slot = s.n_dirs % c.n_ortho
-        rows = jnp.arange(v.shape[0])
-        old = history[rows, slot]
-        history = history.at[rows, slot].set(jnp.where(need[:, None], v, old))
-        return s._replace(v=jnp.where(need[:, None], v, s.v), history=history,
-                          n_dirs=s.n_dirs + need.astype(jnp.int32))
+        take = lambda a: jnp.take(a, rows, axis=0, mode="clip")  # noqa: E731
+        keys = attack_keys(take(env.image_keys), take(s.n_dirs) + 1)
+        raw = jax.vmap(lambda k, wgt: dct.random_dct_direction(k, wgt, c.beta))(keys, take(s.basis))
+        u = unit(flat(take(s.x_adv) - take(env.x)))
+        v, exhausted = orthogonal_direction(flat(raw), u, take(s.history))
+        return v, exhausted & sel
+
+    def _new_directions(self, env: AttackEnv, s: SurFreeState, need: jax.Array) -> SurFreeState:
+        """Draw a direction for every image with ``need``: the K needing ones are gathered into
+        the smallest bucket of 2, 4, 8, ... rows that holds them (a switch over the buckets),
+        so the Gram-Schmidt against the [n_ortho, D] history -- the attack's largest memory
+        traffic -- is paid only for them, not for the whole batch."""
+        c = self.config
+        b = need.shape[0]
+        sizes = [2]
+        while sizes[-1] < b:
+            sizes.append(min(2 * sizes[-1], b))
+        count = jnp.sum(need, dtype=jnp.int32)
+        branch = jnp.sum(jnp.asarray(sizes[:-1], jnp.int32) < count, dtype=jnp.int32)
+
+        def for_size(k):
+            def run(st: SurFreeState) -> SurFreeState:
+                rows = jnp.nonzero(need, size=k, fill_value=b)[0]  # padding: index b, dropped
+                sel = rows < b
+                v, exhausted = self._draw_directions(env, st, rows, sel)
+                # restart an exhausted history (rare), then write v into each ring slot: only
+                # the K rows are touched, in place
+                history = jax.lax.cond(
+                    jnp.any(exhausted),
+                    lambda h: h.at[jnp.where(exhausted, rows, b)].set(0.0, mode="drop"),
+                    lambda h: h, st.history)
+                slot = jnp.take(st.n_dirs, rows, mode="clip") % c.n_ortho
+                return st._replace(v=st.v.at[rows].set(v, mode="drop"),
+                                   history=history.at[rows, slot].set(v, mode="drop"),
+                                   n_dirs=st.n_dirs + need.astype(jnp.int32))
+            return run
+
+        return jax.lax.switch(branch, [for_size(k) for k in sizes], s)
 
     def _step(self, oracle: Oracle, env: AttackEnv, core: AttackCore, s: SurFreeState, active: jax.Array):
         c = self.config
