@@ -26,7 +26,8 @@ def problem():
 def test_linear_distance_converges_to_hyperplane_distance(hsja, problem):
     """Faithful HSJA on a flat boundary: the best L2 approaches the exact distance. With the
     original defaults the original itself reaches ~1.04x after 1,000 queries and ~1.015x after
-    3,000 at d = 36 (numpy re-statement, same ratios), so those are the bounds asserted."""
+    3,000 at d = 36 (numpy re-statement, same ratios); the bounds below allow for the spread
+    over seeds."""
     x, y, w, b, oracle = problem
     res = hsja.run(oracle, x, y, 0, 3000)
     assert_sane(res, 3000)
@@ -35,8 +36,10 @@ def test_linear_distance_converges_to_hyperplane_distance(hsja, problem):
     r1000 = res.distortion_at(1000) / true
     r3000 = res.distortion_at(3000) / true
     assert (r1000 >= 1 - 1e-4).all() and (r3000 >= 1 - 1e-4).all()  # every point is adversarial
-    assert (r1000 <= 1.06).all(), r1000
-    assert (r3000 <= 1.025).all(), r3000
+    # bounds from 12 seeds x these 4 images, either probe generator: after 1,000 queries
+    # median 1.046-1.048, max 1.069-1.076; after 3,000 median 1.015, max 1.020-1.027
+    assert np.median(r1000) <= 1.06 and (r1000 <= 1.085).all(), r1000
+    assert np.median(r3000) <= 1.02 and (r3000 <= 1.03).all(), r3000
     assert (res.distortion_at(200) > res.distortion_at(3000)).all()
     # the reported point is the one measured, and it is adversarial for the linear f
     x_adv = res.x_adv.reshape(len(x), -1).astype(np.float64)
@@ -133,7 +136,36 @@ def test_probe_noise_option(problem):
     three = HSJA(probe_noise="threefry").run(oracle, x, y, 0, 1000)
     for res in (hashed, three):
         assert_sane(res, 1000)
-        assert (res.l2 / true <= 1.06).all() and (res.l2 / true >= 1 - 1e-4).all()
+        assert (res.l2 / true <= 1.085).all() and (res.l2 / true >= 1 - 1e-4).all()
     assert not np.array_equal(hashed.x_adv, three.x_adv)
     with pytest.raises(Exception, match="probe_noise.*'normal'"):
         HSJA(probe_noise="normal")
+
+
+def test_probe_directions_do_not_depend_on_the_probe_batching():
+    """Probe j of an image is drawn from (its step key, j) alone: 100 probes drawn at once
+    equal 30 + 70 drawn in two calls, for both generators, and differ between images."""
+    import jax
+
+    from rsjax.attacks.hsja import probe_directions
+
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(3), i))(np.arange(4))
+    for noise in ("hash", "threefry"):
+        whole = np.asarray(probe_directions(keys, 0, 100, (5, 5, 2), noise))
+        parts = np.concatenate([np.asarray(probe_directions(keys, 0, 30, (5, 5, 2), noise)),
+                                np.asarray(probe_directions(keys, 30, 70, (5, 5, 2), noise))], axis=1)
+        np.testing.assert_array_equal(whole, parts)
+        assert whole.shape == (4, 100, 5, 5, 2)
+        assert not np.array_equal(whole[0], whole[1])
+        z = whole.reshape(-1)
+        assert abs(z.mean()) < 5 / np.sqrt(z.size) and abs(z.std() - 1) < 0.02  # 5 standard errors
+
+
+def test_probe_batch_is_an_execution_parameter(problem):
+    """Different probe batches ask the same probes: outcomes agree up to the rounding of the
+    gradient sums (bit-equality is not promised: the sums are grouped by batch)."""
+    x, y, w, b, oracle = problem
+    a = HSJA(probe_batch=50).run(oracle, x, y, 0, 1000)
+    c = HSJA(probe_batch=7).run(oracle, x, y, 0, 1000)
+    np.testing.assert_array_equal(a.queries, c.queries)
+    np.testing.assert_allclose(a.l2, c.l2, rtol=1e-3)

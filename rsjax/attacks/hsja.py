@@ -13,7 +13,8 @@ Algorithm, with d = H*W*C and phi(z) = +1 if z is adversarial else -1:
   - probe radius delta_t = 0.1 if t = 1 else sqrt(d) * theta * dist_post (dist_post: distance of
     the previous stepped point before its binary search, as in the original);
   - n_t = min(floor(init_num_evals * sqrt(t)), max_num_evals, queries left) unit Gaussian
-    directions u_j; probes z_j = clip(x_b + delta u_j); u_j <- (z_j - x_b) / delta;
+    directions u_j (u_j from the key fold_in(step key, j) alone); probes
+    z_j = clip(x_b + delta u_j); u_j <- (z_j - x_b) / delta;
   - gradient estimate g = mean_j (phi_j - mean phi) u_j, or +-mean_j u_j when all phi_j agree
     (the case where the original misbehaves under RS), normalised (no NaN: a zero estimate
     skips the step);
@@ -42,10 +43,25 @@ from rsjax.errors import InputError
 from rsjax.smoothing import NOISE_IMPLS, sample_noise
 
 
+def probe_directions(keys: jax.Array, start: jax.Array | int, count: int, shape: tuple[int, ...],
+                     noise: str = "hash") -> jax.Array:
+    """Gaussian probe directions number start, ..., start + count - 1 of each image: [B, count,
+    *shape]; direction j of image b is ``sample_noise(fold_in(keys[b], j), shape, noise)``, so
+    it does not depend on how the probes are split into batches (``probe_batch``)."""
+    j = jnp.asarray(start, jnp.uint32) + jnp.arange(count, dtype=jnp.uint32)
+
+    def one_image(k):
+        return jax.vmap(lambda jj: sample_noise(jax.random.fold_in(k, jj), shape, noise))(j)
+
+    return jax.vmap(one_image)(keys)
+
+
 @dataclass(frozen=True)
 class HSJAConfig:
     """HSJA settings; defaults are the original's. ``probe_batch``, ``max_step_halvings``,
-    ``max_init_tries`` and ``chunk_steps`` are execution bounds, not algorithm parameters.
+    ``max_init_tries`` and ``chunk_steps`` are execution bounds, not algorithm parameters
+    (``probe_batch`` changes only the rounding of the gradient sums: probe j's direction
+    depends on j alone, see :func:`probe_directions`).
     ``probe_noise`` is the generator of the Gaussian probe directions: 'hash' (default, the
     counter-hash normals of :func:`rsjax.smoothing.sample_noise`, ~2.5x cheaper on CPU) or
     'threefry' (``jax.random.normal``); both give N(0, I) directions, only the draws differ."""
@@ -148,8 +164,7 @@ class HSJA(DecisionAttack):
             want = active[:, None] & ((i * p + jnp.arange(p))[None, :] < n_evals[:, None])
 
             def directions(_):
-                k = jax.vmap(lambda kk: jax.random.fold_in(kk, i))(key)
-                rv = jax.vmap(lambda kk: sample_noise(kk, (p,) + shape, c.probe_noise))(k)  # [B, P, ...]
+                rv = probe_directions(key, i * p, p, shape, c.probe_noise)  # [B, P, ...]
                 rv = safe_normalize(rv.reshape((b * p,) + shape)).reshape(rv.shape)
                 probes = clip01(x_b[:, None] + bcast(delta, rv) * rv)
                 return probes, (probes - x_b[:, None]) / bcast(delta, rv)
@@ -226,4 +241,4 @@ class HSJA(DecisionAttack):
         return core, HSJAState(x_b, l2_norm(x_b - env.x), dist_post)
 
 
-__all__ = ["HSJA", "HSJAConfig", "HSJAState"]
+__all__ = ["HSJA", "HSJAConfig", "HSJAState", "probe_directions"]
