@@ -8,7 +8,7 @@ of ``../shared/data/cifar10/test_jpeg.npz`` (10 x 8 = 80 by default), no randomi
 For each attack it prints the median L2 (and L-inf for RayS) distortion reached within 500 /
 1,000 / 2,000 queries (every query counted, clean-image check and start search included; read
 from the best-distortion trace of one run of --queries), the wall time per image (batch wall
-time / images, compilation excluded by a warm-up run of the same batch at a small budget), and the model
+time / images, compilation excluded by an identical untimed warm-up run), and the model
 evaluations per second inside the attack next to the raw jitted forward pass of the same model
 on a batch of the attack's typical size.
 
@@ -93,8 +93,11 @@ def main(argv=None) -> int:
     p.add_argument("--per-class", type=int, default=8)
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=80)
-    p.add_argument("--warmup-queries", type=int, default=40,
-                   help="budget of the warm-up run on the same batch (compiles its programs, not timed)")
+    p.add_argument("--warmup-queries", type=int, default=0,
+                   help="budget of the untimed warm-up run on the same batch; 0 (default): the full "
+                        "budget and seed, so every program the timed run needs (one per batch bucket "
+                        "the driver compacts to as images finish) is compiled; a small budget "
+                        "compiles only the full-batch bucket")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", default=None, help="write all numbers to this JSON file")
     args = p.parse_args(argv)
@@ -127,7 +130,8 @@ def main(argv=None) -> int:
             print(f"{name}: not available ({e})")
             continue
         t = time.perf_counter()
-        attack.run(oracle, x, y, args.seed + 1, args.warmup_queries, image_ids=idx, batch_size=args.batch_size)
+        warm_q = args.warmup_queries or args.queries
+        attack.run(oracle, x, y, args.seed, warm_q, image_ids=idx, batch_size=args.batch_size)
         compile_s = time.perf_counter() - t
         t = time.perf_counter()
         res = attack.run(oracle, x, y, args.seed, args.queries, image_ids=idx, batch_size=args.batch_size)
