@@ -21,6 +21,7 @@ from rsjax.attacks import ATTACKS, AttackResult, DecisionAttack, get_attack
 from rsjax.attacks.hsja import HSJA
 from rsjax.attacks.rays import RayS
 from rsjax.attacks.surfree import SurFree
+from rsjax.cache import enable_compilation_cache
 
 __all__ = [
     "__version__",
@@ -32,4 +33,5 @@ __all__ = [
     "votes", "vote_counts", "plurality", "predict_from_counts", "certify", "certified_accuracy",
     "evaluate_smoothed", "theory",
     "ATTACKS", "AttackResult", "DecisionAttack", "get_attack", "HSJA", "RayS", "SurFree",
+    "enable_compilation_cache",
 ]

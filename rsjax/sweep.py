@@ -83,6 +83,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsjax.cache import cache_dir, enable_compilation_cache  # noqa: F401  (re-exported)
 from rsjax.errors import InputError
 
 STREAM_ACCURACY, STREAM_CERTIFY, STREAM_ATTACK, STREAM_LEVEL = 1, 2, 3, 4
@@ -675,11 +676,6 @@ def config_from_dict(d: Mapping[str, Any]) -> SweepConfig:
 # =============================================================================================
 # Models: train or reuse cached checkpoints
 # =============================================================================================
-def cache_dir() -> Path:
-    """``$RSJAX_CACHE`` or ``~/.cache/rsjax``."""
-    return Path(os.environ.get("RSJAX_CACHE") or Path.home() / ".cache" / "rsjax")
-
-
 def resolved_train_config(entry: ModelEntry, config: SweepConfig):
     from rsjax.train import TrainConfig, resolve_config
 
@@ -988,22 +984,6 @@ class _Progress:
 
     def close(self):
         self.bar.close()
-
-
-def enable_compilation_cache(root: Path | None = None) -> Path | None:
-    """Persist XLA executables under ``<cache>/xla`` (``jax_compilation_cache_dir``), unless the
-    user already configured a cache or ``RSJAX_NO_XLA_CACHE`` is set: a resumed or repeated sweep
-    then skips most compilation (the sweep compiles a few dozen programs)."""
-    if os.environ.get("RSJAX_NO_XLA_CACHE"):
-        return None
-    if jax.config.jax_compilation_cache_dir:
-        return Path(jax.config.jax_compilation_cache_dir)
-    path = (root or cache_dir()) / "xla"
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
 
 
 def _log(msg: str) -> None:

@@ -375,3 +375,26 @@ def test_tree_sum_is_the_fixed_pairwise_order_on_any_axis(d, axis):
     got = np.asarray(tree_sum(jnp.asarray(v), axis=axis))
     want = _pairwise_reference(np.moveaxis(v, axis, -1))
     np.testing.assert_array_equal(got, want)
+
+
+def test_cli_attack_keeps_compiled_programs_in_the_cache(tiny_mlp_problem, tmp_path):
+    """`rsjax attack` persists its XLA executables under $RSJAX_CACHE/xla (a second run reuses
+    them); RSJAX_NO_XLA_CACHE=1 turns that off. Run in subprocesses: the cache directory is a
+    process-wide JAX setting."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    d = tiny_mlp_problem
+    argv = [sys.executable, "-c", "import sys; from rsjax.cli import main; sys.exit(main())", "attack", "--checkpoint", str(d / "mlp.ckpt"),
+            "--data", f"npz:{d / 'd.npz'}", "--attack", "hsja", "--queries", "40", "--json"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RSJAX_NO_XLA_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    on = subprocess.run(argv, env={**env, "RSJAX_CACHE": str(tmp_path / "on")}, capture_output=True, text=True)
+    assert on.returncode == 0, on.stderr
+    assert len(list((tmp_path / "on" / "xla").iterdir())) > 0
+    off = subprocess.run(argv, env={**env, "RSJAX_CACHE": str(tmp_path / "off"), "RSJAX_NO_XLA_CACHE": "1"},
+                         capture_output=True, text=True)
+    assert off.returncode == 0, off.stderr
+    assert not (tmp_path / "off" / "xla").exists()
+    assert json.loads(on.stdout)["images"] == json.loads(off.stdout)["images"]

@@ -11,6 +11,9 @@ from rsjax._version import __version__
 from rsjax.errors import RsjaxError
 
 SUBCOMMANDS = ["train", "evaluate", "certify", "attack", "convert"]
+#: subcommands whose compiled programs are kept in the persistent XLA cache ($RSJAX_CACHE/xla;
+#: RSJAX_NO_XLA_CACHE=1 disables it)
+COMPILING = {"evaluate", "certify", "attack"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in COMPILING:
+        from rsjax.cache import enable_compilation_cache
+
+        enable_compilation_cache()
     try:
         result = args.func(args)
     except RsjaxError as e:
