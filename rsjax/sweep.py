@@ -349,10 +349,10 @@ class AttackPrograms:
                                rows=env.x.shape[0])
 
         def start(params, env):
-            return attack._start(oracle_of(params, env), env)
+            return attack.start_batch(oracle_of(params, env), env)
 
         def chunk(params, env, core, extra):
-            return attack._chunk(oracle_of(params, env), env, core, extra)
+            return attack.advance(oracle_of(params, env), env, core, extra)
 
         self._start = jax.jit(start)
         self._chunk = jax.jit(chunk)
@@ -424,15 +424,8 @@ def run_attack(programs: AttackPrograms, params: OracleParams, num_classes: int,
     loop, budgets and bookkeeping); returns its :class:`AttackResult`."""
     attack = programs.attack
     handle = _Handle(num_classes, params, programs.kind)
-    original = attack.__dict__.get("_functions")
-    attack._functions = lambda oracle: programs.functions(oracle)
-    try:
-        return attack.run(handle, x, y, key, max_queries, image_ids=ids, batch_size=batch_size)
-    finally:
-        if original is None:
-            del attack._functions
-        else:  # pragma: no cover
-            attack._functions = original
+    return attack.run(handle, x, y, key, max_queries, image_ids=ids, batch_size=batch_size,
+                      programs=programs.functions)
 
 
 def make_mesh(devices: Sequence | None = None):

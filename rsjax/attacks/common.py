@@ -28,6 +28,9 @@ chunk of ``config.chunk_steps`` steps (``lax.scan``) until every image is done. 
 an image is marked done when its budget is spent or when the step spent no query (so every loop
 is bounded by ``max_queries`` steps). Between chunks finished images are harvested and the batch
 is compacted to the next power-of-two bucket (static shapes, at most log2(B)+1 compiled shapes).
+The two compiled programs are :meth:`DecisionAttack.start_batch` and :meth:`DecisionAttack.advance`
+(jitted by :meth:`DecisionAttack.programs`); ``run(..., programs=...)`` accepts other compilations
+of them (the sweep runs each batch on several devices that way).
 
 Randomness (never depends on which images share the batch)
     * oracle randomness of query q of image i: ``rsjax.oracle.query_key(image_key_i, q)``,
@@ -408,8 +411,11 @@ class DecisionAttack:
     def step(self, oracle: Oracle, env: AttackEnv, core: AttackCore, extra: Any, active: jax.Array):
         raise NotImplementedError
 
-    # -- jitted pieces
-    def _start(self, oracle: Oracle, env: AttackEnv):
+    # -- the two programs the driver compiles (pure, traceable; public so that an executor,
+    #    e.g. the sweep's multi-device one, can compile and place them itself)
+    def start_batch(self, oracle: Oracle, env: AttackEnv):
+        """Query 0 on the clean images (misclassified ones are done), then ``init``:
+        -> (core, extra)."""
         core = initial_core(env)
         out = query_one(oracle, env, core, env.x, env.valid)
         core = out.core
@@ -425,7 +431,10 @@ class DecisionAttack:
         core = core._replace(done=core.done | no_start | spent)
         return core, extra
 
-    def _chunk(self, oracle: Oracle, env: AttackEnv, core: AttackCore, extra: Any):
+    def advance(self, oracle: Oracle, env: AttackEnv, core: AttackCore, extra: Any):
+        """``config.chunk_steps`` steps (``lax.scan``) of the images not done, with the driver's
+        bookkeeping (step count, done on budget / stall / no start): -> (core, extra, trace) where
+        trace = (active, queries, best_l2, best_linf), each [chunk_steps, B]."""
         def one(carry, _):
             core, extra = carry
             active = env.valid & ~core.done
@@ -445,24 +454,29 @@ class DecisionAttack:
         (core, extra), trace = jax.lax.scan(one, (core, extra), None, length=self.config.chunk_steps)
         return core, extra, trace
 
-    def _functions(self, oracle: Oracle):
+    def programs(self, oracle: Oracle) -> tuple[Callable, Callable]:
+        """Jitted ``(start(env), chunk(env, core, extra))`` of :meth:`start_batch` and
+        :meth:`advance` for ``oracle`` (cached per oracle object)."""
         hit = self._compiled.get(id(oracle))
         if hit is None or hit[0] is not oracle:
-            start = jax.jit(lambda env: self._start(oracle, env))
-            chunk = jax.jit(lambda env, core, extra: self._chunk(oracle, env, core, extra))
+            start = jax.jit(lambda env: self.start_batch(oracle, env))
+            chunk = jax.jit(lambda env, core, extra: self.advance(oracle, env, core, extra))
             hit = (oracle, start, chunk)
             self._compiled[id(oracle)] = hit
         return hit[1], hit[2]
 
     # -- host driver
     def run(self, oracle: Oracle, x, y, key, max_queries: int, image_ids=None,
-            batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> AttackResult:
+            batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
+            programs: Callable[[Oracle], tuple[Callable, Callable]] | None = None) -> AttackResult:
         """Attack each image of x [B, H, W, C] (in [0,1]) with true labels y [B] under a budget
         of ``max_queries`` oracle queries per image (query 0 checks the clean image).
 
         ``key``: a PRNG key or an int seed; image i's randomness derives from
         fold_in(key, image_ids[i]) only. ``batch_size``: images advanced together (default
-        all, at most 256). ``progress(done, total)`` is called as images finish."""
+        all, at most 256). ``progress(done, total)`` is called as images finish.
+        ``programs(oracle) -> (start, chunk)`` replaces :meth:`programs` (same signatures; e.g.
+        programs that run each batch on several devices)."""
         x = np.asarray(x, np.float32)
         y = np.asarray(y)
         if x.ndim != 4:
@@ -486,7 +500,7 @@ class DecisionAttack:
         bs = min(n, 256) if batch_size is None else int(batch_size)
         if bs < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
-        start, chunk = self._functions(oracle)
+        start, chunk = (programs or self.programs)(oracle)
 
         res = _Collector(x, self.metric)
         for lo in range(0, n, bs):
