@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsjax.errors import DataError, check_int_at_least
+from rsjax.errors import DataError, InputError, check_int_at_least
 from rsjax.smoothing import DEFAULT_CHUNK_SIZE, certified_accuracy, certify
 
 LOG_HEADER = ("idx", "label", "predict", "radius", "correct", "time")
@@ -38,21 +38,28 @@ class CertifyRow:
 
 def certify_dataset(classifier, images, labels, sigma: float, n0: int, n: int, alpha: float, *,
                     seed: int = 0, batch_size: int = 1, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    noise: str = "hash", start_index: int = 0) -> Iterator[CertifyRow]:
+                    noise: str = "hash", start_index: int = 0,
+                    image_ids=None) -> Iterator[CertifyRow]:
     """Yield one :class:`CertifyRow` per image (CERTIFY(x, n0, n, alpha) of
-    ``rsjax.smoothing.certify``), ``batch_size`` images per compiled call."""
+    ``rsjax.smoothing.certify``), ``batch_size`` images per compiled call. Image i's index
+    (its ``idx`` and its key ``fold_in(key(seed), idx)``) is ``image_ids[i]`` when given,
+    else ``start_index + i``."""
     check_int_at_least("batch_size", batch_size, 1)
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels)
     classifier.check_input(images)
+    all_ids = (np.arange(len(images), dtype=np.int64) + start_index if image_ids is None
+               else np.asarray(image_ids, np.int64))
+    if all_ids.shape != (len(images),):
+        raise InputError(f"image_ids must be [N]={len(images)} ints, got shape {all_ids.shape}")
     root = jax.random.key(seed)
     for s in range(0, len(images), batch_size):
-        ids = np.arange(s, min(s + batch_size, len(images))) + start_index
+        ids = all_ids[s:s + batch_size]
         keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(ids, jnp.uint32))
         res = certify(classifier.logits_fn, images[s:s + len(ids)], keys, sigma, n0, n, alpha,
                       classifier.num_classes, chunk_size=chunk_size, noise=noise)
         for j, idx in enumerate(ids):
-            lab, pred = int(labels[idx - start_index]), int(res.predictions[j])
+            lab, pred = int(labels[s + j]), int(res.predictions[j])
             yield CertifyRow(int(idx), lab, pred, float(res.radii[j]), int(pred == lab), float(res.seconds[j]))
 
 

@@ -51,12 +51,19 @@ SPEC_HELP = "fashion-mnist[:train|test], npz:PATH, imagefolder:DIR"
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images [N, H, W, C] float32 in [0, 1], labels [N] int64, names of the classes."""
+    """Images [N, H, W, C] float32 in [0, 1], labels [N] int64, names of the classes, and
+    ``indices`` [N]: each image's position in the full dataset (``None`` = 0..N-1)."""
 
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
     spec: str
+    indices: np.ndarray | None = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Positions in the full dataset [N] int64 (what records and logs call the image index)."""
+        return np.arange(len(self.labels), dtype=np.int64) if self.indices is None else self.indices
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -95,16 +102,40 @@ def dataset_family(spec: str, image_shape: Sequence[int] | None = None) -> str |
     return None
 
 
+def first_per_class(labels: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the first ``k`` images of every class, in dataset order (a class with fewer
+    images gives all it has). For files sorted by class (e.g. CIFAR-10 npz exports), where the
+    first K images all belong to one class."""
+    labels = np.asarray(labels)
+    keep = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        keep[np.flatnonzero(labels == c)[:k]] = True
+    return np.flatnonzero(keep).astype(np.int64)
+
+
 def load_dataset(
     spec: str,
     data_dir: str | os.PathLike | None = None,
     limit: int | None = None,
     image_size: int | None = None,
+    per_class: int | None = None,
 ) -> Dataset:
-    """Load the dataset named by ``spec`` (see module docstring); keep the first ``limit`` images.
+    """Load the dataset named by ``spec`` (see module docstring); keep the first ``limit`` images,
+    then (``per_class``) the first ``per_class`` images of each class among them (the result's
+    ``indices`` say where they were).
 
     ``data_dir`` only applies to Fashion-MNIST; ``image_size`` only to ``imagefolder:``.
     """
+    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
+        raise InputError(f"per_class must be an integer >= 1 or None, got {per_class!r}")
+    data = _load_dataset(spec, data_dir, limit, image_size)
+    if per_class is None:
+        return data
+    idx = first_per_class(data.labels, per_class)
+    return Dataset(data.images[idx], data.labels[idx], data.class_names, data.spec, indices=idx)
+
+
+def _load_dataset(spec, data_dir, limit, image_size) -> Dataset:
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"dataset spec must be a non-empty string ({SPEC_HELP}), got {spec!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

@@ -398,3 +398,27 @@ def test_cli_attack_keeps_compiled_programs_in_the_cache(tiny_mlp_problem, tmp_p
     assert off.returncode == 0, off.stderr
     assert not (tmp_path / "off" / "xla").exists()
     assert json.loads(on.stdout)["images"] == json.loads(off.stdout)["images"]
+
+
+def test_cli_per_class_keeps_full_dataset_indices_and_results(tiny_mlp_problem, tmp_path, capsys):
+    """`--per-class K` on a class-sorted file attacks the first K images of each class; their
+    reported indices are positions in the file and each image's result equals the one it gets
+    in a run over the whole file (its randomness derives from its index alone)."""
+    import json
+
+    from rsjax.cli import main
+
+    d = tiny_mlp_problem
+    images = np.random.default_rng(5).integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "sorted.npz", images=images, labels=np.array([0, 0, 0, 1, 1, 1]))
+    base = ["attack", "--checkpoint", str(d / "mlp.ckpt"), "--data", f"npz:{tmp_path / 'sorted.npz'}",
+            "--attack", "rays", "--queries", "30", "--json"]
+    assert main(base) == 0
+    full = {im["index"]: im for im in json.loads(capsys.readouterr().out)["images"]}
+    assert main(base + ["--per-class", "2"]) == 0
+    some = json.loads(capsys.readouterr().out)["images"]
+    assert [im["index"] for im in some] == [0, 1, 3, 4]
+    for im in some:
+        assert im == full[im["index"]]
+    assert main(base + ["--per-class", "0"]) == 2
+    assert "--per-class" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from rsjax.data import (
+    first_per_class,
     FASHION_MNIST_CLASSES,
     dataset_family,
     default_split_pair,
@@ -262,3 +263,23 @@ def test_imagefolder_imagenet_val1300_at_224(shared_dir):
     assert data.labels.tolist() == [int(line.split(",")[1]) for line in first]
     assert data.num_classes == 1000 and data.class_names[0] == "tench"
     assert data.family == "imagenet"
+
+
+def test_per_class_keeps_the_first_k_of_each_class_with_their_indices(tmp_path):
+    """A class-sorted file (like the CIFAR-10 npz exports): --limit would give one class;
+    per_class gives the first K of every class, in dataset order, with their positions."""
+    labels = np.repeat(np.arange(3), 4)  # 0 0 0 0 1 1 1 1 2 2 2 2
+    images = np.arange(12 * 4, dtype=np.uint8).reshape(12, 2, 2)
+    np.savez(tmp_path / "sorted.npz", images=images, labels=labels)
+    spec = f"npz:{tmp_path / 'sorted.npz'}"
+    np.testing.assert_array_equal(first_per_class(labels, 2), [0, 1, 4, 5, 8, 9])
+    np.testing.assert_array_equal(first_per_class(np.array([2, 0, 2, 2, 0]), 2), [0, 1, 2, 4])
+    data = load_dataset(spec, per_class=2)
+    np.testing.assert_array_equal(data.ids, [0, 1, 4, 5, 8, 9])
+    np.testing.assert_array_equal(data.labels, [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(data.images[2, ..., 0], (images[4] / np.float32(255)).astype(np.float32))
+    limited = load_dataset(spec, limit=6, per_class=1)  # limit first, then per class
+    np.testing.assert_array_equal(limited.ids, [0, 4])
+    np.testing.assert_array_equal(load_dataset(spec).ids, np.arange(12))
+    with pytest.raises(InputError, match="per_class"):
+        load_dataset(spec, per_class=0)

@@ -310,6 +310,26 @@ def test_cli_certify_writes_cohen_log(mlp_checkpoint, tmp_path, capsys):
     assert abs(res.radii[0] - cols["radius"][3]) < 1e-5
 
 
+def test_cli_certify_per_class_logs_file_indices(mlp_checkpoint, tmp_path, capsys):
+    """--per-class: the log's idx are positions in the file, and a row equals that image's row
+    in the run over the whole file (its key is fold_in(seed, idx))."""
+    from rsjax.certify import read_certify_log
+    from rsjax.cli import main
+
+    base = ["certify", "--checkpoint", str(mlp_checkpoint / "mlp.ckpt"), "--data",
+            f"npz:{tmp_path / 'sorted.npz'}", "--sigma", "0.25", "--n0", "20", "--n", "300", "--alpha", "0.001"]
+    images = np.load(mlp_checkpoint / "data.npz")["images"]
+    np.savez(tmp_path / "sorted.npz", images=images, labels=np.array([0, 0, 0, 1, 1, 1]))
+    assert main(base + ["--out", str(tmp_path / "all.tsv")]) == 0
+    assert main(base + ["--per-class", "1", "--out", str(tmp_path / "some.tsv")]) == 0
+    capsys.readouterr()
+    full, some = read_certify_log(tmp_path / "all.tsv"), read_certify_log(tmp_path / "some.tsv")
+    assert some["idx"].tolist() == [0, 3]
+    for col in ("label", "predict", "correct"):
+        assert some[col].tolist() == full[col][[0, 3]].tolist()
+    np.testing.assert_allclose(some["radius"], full["radius"][[0, 3]], atol=1e-6)
+
+
 def test_cli_certify_rejects_bad_alpha(mlp_checkpoint, tmp_path, capsys):
     from rsjax.cli import main
 

@@ -85,16 +85,19 @@ def attack(args: argparse.Namespace) -> dict:
     check_int_at_least("--batch-size", args.batch_size, 1)
     if args.limit is not None:
         check_int_at_least("--limit", args.limit, 1)
+    if args.per_class is not None:
+        check_int_at_least("--per-class", args.per_class, 1)
     classifier = Classifier.from_checkpoint(args.checkpoint)
     oracle = build_oracle(args, classifier)
-    data = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit, image_size=classifier.input_shape[0])
+    data = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit, image_size=classifier.input_shape[0],
+                        per_class=args.per_class)
     if data.image_shape != classifier.input_shape:
         raise InputError(f"data {data.spec!r} has images of shape {data.image_shape}, checkpoint "
                          f"{args.checkpoint} ({classifier.spec.name}) needs {classifier.input_shape}")
     if len(data) == 0:
         raise InputError(f"data {data.spec!r} has no images")
     atk = get_attack(args.attack)
-    ids = np.arange(len(data))
+    ids = data.ids
     log(f"{args.attack} on {len(data)} images of {data.spec}, {args.queries} queries, oracle {oracle.name}")
     t0 = time.perf_counter()
     res = atk.run(oracle, data.images, data.labels, args.seed, args.queries, image_ids=ids,
@@ -111,7 +114,7 @@ def attack(args: argparse.Namespace) -> dict:
         if isinstance(summary[k], float):
             summary[k] = _finite(summary[k])
     images = [
-        {"index": int(i), "label": int(data.labels[i]), "status": str(res.status[i]),
+        {"index": int(data.ids[i]), "label": int(data.labels[i]), "status": str(res.status[i]),
          "success": bool(res.success[i]), "l2": _finite(res.l2[i]), "linf": _finite(res.linf[i]),
          "queries": int(res.queries[i]), "evaluations": int(res.evaluations[i])}
         for i in range(len(data))

@@ -44,15 +44,19 @@ def run(args: argparse.Namespace) -> int:
     check_open_unit("--alpha", args.alpha)
     check_int_at_least("--batch-size", args.batch_size, 1)
     chunk = DEFAULT_CHUNK_SIZE if args.chunk_size is None else check_int_at_least("--chunk-size", args.chunk_size, 1)
+    if args.per_class is not None:
+        check_int_at_least("--per-class", args.per_class, 1)
     classifier = Classifier.from_checkpoint(args.checkpoint)
-    data = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit, image_size=classifier.input_shape[0])
+    data = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit, image_size=classifier.input_shape[0],
+                        per_class=args.per_class)
     if data.image_shape != classifier.input_shape:
         raise InputError(f"data {data.spec!r} has images of shape {data.image_shape}, checkpoint "
                          f"{args.checkpoint} ({classifier.spec.name}) needs {classifier.input_shape}")
     log(f"certify {classifier.spec.name} on {len(data)} images of {data.spec}: sigma={args.sigma} "
         f"n0={args.n0} n={args.n} alpha={args.alpha} -> {args.out}")
     rows = certify_dataset(classifier, data.images, data.labels, args.sigma, args.n0, args.n, args.alpha,
-                           seed=args.seed, batch_size=args.batch_size, chunk_size=chunk)
+                           seed=args.seed, batch_size=args.batch_size, chunk_size=chunk,
+                           image_ids=data.ids)
     done = write_certify_log(args.out, rows)
     summary = {"checkpoint": str(args.checkpoint), "data": data.spec, "sigma": args.sigma, "n0": args.n0,
                "n": args.n, "alpha": args.alpha, "seed": args.seed, "log": str(args.out), **summarize(done)}

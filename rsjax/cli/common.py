@@ -33,3 +33,7 @@ def add_data_args(p, default_limit=None) -> None:
     p.add_argument("--data", required=True, help="dataset spec: fashion-mnist[:train|test], npz:PATH, imagefolder:DIR")
     p.add_argument("--data-dir", default=None, help="directory of the Fashion-MNIST IDX files")
     p.add_argument("--limit", type=int, default=default_limit, help="use only the first K images")
+    p.add_argument("--per-class", type=int, default=None, metavar="K",
+                   help="then only the first K images of each class (files sorted by class, e.g. "
+                        "CIFAR-10 npz exports, otherwise give one class with --limit); image "
+                        "indices stay those of the full dataset")

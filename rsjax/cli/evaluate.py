@@ -45,9 +45,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     from rsjax.errors import InputError, check_int_at_least
 
     check_int_at_least("--batch-size", args.batch_size, 1)
+    if args.per_class is not None:
+        check_int_at_least("--per-class", args.per_class, 1)
     classifier = Classifier.from_checkpoint(args.checkpoint)
     height, width, channels = classifier.input_shape
-    data = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit, image_size=height)
+    data = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit, image_size=height,
+                        per_class=args.per_class)
     if data.image_shape != classifier.input_shape:
         raise InputError(f"data {data.spec!r} has images of shape {data.image_shape}, checkpoint "
                          f"{args.checkpoint} ({classifier.spec.name}) needs {classifier.input_shape}")
