@@ -179,6 +179,22 @@ def trace_count() -> int:
     return _TRACES["vote_counts"]
 
 
+def add_sample_votes(logits_fn: LogitsFn, x: jax.Array, keys: jax.Array, sigma: jax.Array,
+                     counts: jax.Array, point: jax.Array, sample: jax.Array, valid: jax.Array, *,
+                     noise: str = "hash", clip: bool = False) -> jax.Array:
+    """One model call of a vote: slot s evaluates f(x[point_s] + sigma N) with N the noise of
+    sample ``sample_s`` of that point (key ``fold_in(keys[point_s], sample_s)``) and adds its
+    label to ``counts`` [B, K] where ``valid_s``. The noise convention every vote shares."""
+    pshape = x.shape[1:]
+    skeys = jax.vmap(lambda p, j: sample_key(keys[p], j.astype(jnp.uint32)))(point, sample)
+    z = jax.vmap(lambda k: sample_noise(k, pshape, noise))(skeys)
+    xs = x[point] + sigma * z
+    if clip:
+        xs = jnp.clip(xs, 0.0, 1.0)
+    labels = jnp.argmax(logits_fn(xs), axis=-1)
+    return counts.at[point, labels].add(valid.astype(jnp.int32))
+
+
 def vote_counts(
     logits_fn: LogitsFn,
     x: jax.Array,
@@ -200,7 +216,6 @@ def vote_counts(
     """
     _TRACES["vote_counts"] += 1
     b = x.shape[0]
-    pshape = x.shape[1:]
     n_vec = jnp.broadcast_to(jnp.asarray(n, jnp.int32), (b,))
     sigma = jnp.asarray(sigma, jnp.float32)
     slots = jnp.arange(chunk_size, dtype=jnp.int32)
@@ -225,13 +240,8 @@ def vote_counts(
         point = jnp.minimum(jnp.searchsorted(cum, slots, side="right"), b - 1).astype(jnp.int32)
         valid = slots < cum[-1]
         sample = done[point] + slots - start[point]
-        skeys = jax.vmap(lambda p, j: sample_key(keys[p], j.astype(jnp.uint32)))(point, sample)
-        z = jax.vmap(lambda k: sample_noise(k, pshape, noise))(skeys)
-        xs = x[point] + sigma * z
-        if clip:
-            xs = jnp.clip(xs, 0.0, 1.0)
-        labels = jnp.argmax(logits_fn(xs), axis=-1)
-        counts = counts.at[point, labels].add(valid.astype(jnp.int32))
+        counts = add_sample_votes(logits_fn, x, keys, sigma, counts, point, sample, valid,
+                                  noise=noise, clip=clip)
         done = done + quota
         if stop is not None:
             decided = decided | stop(counts, n_vec - done)

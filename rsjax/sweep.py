@@ -225,10 +225,9 @@ def scheduled_vote_counts(logits_fn: Callable, x: jax.Array, keys: jax.Array, si
     how many other points are active, i.e. on the batch and on the device count). A round's
     samples are packed into model calls of exactly ``chunk_size`` rows (an inner loop).
     Returns :class:`rsjax.smoothing.VoteResult` (counts [M, K], evaluations [M])."""
-    from rsjax.smoothing import VoteResult, sample_key, sample_noise
+    from rsjax.smoothing import VoteResult, add_sample_votes
 
     m = x.shape[0]
-    pshape = x.shape[1:]
     n = jnp.broadcast_to(jnp.asarray(n, jnp.int32), (m,))
     sigma = jnp.asarray(sigma, jnp.float32)
     slots = jnp.arange(chunk_size, dtype=jnp.int32)
@@ -258,10 +257,8 @@ def scheduled_vote_counts(logits_fn: Callable, x: jax.Array, keys: jax.Array, si
             valid = s < total
             point = jnp.minimum(jnp.searchsorted(cum, s, side="right"), m - 1).astype(jnp.int32)
             sample = done[point] + s - begin[point]
-            skeys = jax.vmap(lambda p_, j: sample_key(keys[p_], j.astype(jnp.uint32)))(point, sample)
-            z = jax.vmap(lambda k: sample_noise(k, pshape, noise))(skeys)
-            labels = jnp.argmax(logits_fn(x[point] + sigma * z), axis=-1)
-            return counts_.at[point, labels].add(valid.astype(jnp.int32)), base + chunk_size
+            return (add_sample_votes(logits_fn, x, keys, sigma, counts_, point, sample, valid, noise=noise),
+                    base + chunk_size)
 
         counts, _ = jax.lax.while_loop(chunk_cond, chunk_body, (counts, jnp.int32(0)))
         done = done + want
