@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from rsjax.cli.common import add_data_args, emit_json, log
+from rsjax.cli.common import add_data_args, emit_json, load_data_for, log
 
 
 def register(subparsers) -> None:
@@ -78,22 +78,15 @@ def attack(args: argparse.Namespace) -> dict:
     """Run the attack named by ``args``; return ``{summary, images}`` (JSON-ready)."""
     from rsjax.attacks import get_attack
     from rsjax.classifier import Classifier
-    from rsjax.data import load_dataset
     from rsjax.errors import InputError, check_int_at_least
 
     check_int_at_least("--queries", args.queries, 1)
     check_int_at_least("--batch-size", args.batch_size, 1)
     if args.limit is not None:
         check_int_at_least("--limit", args.limit, 1)
-    if args.per_class is not None:
-        check_int_at_least("--per-class", args.per_class, 1)
     classifier = Classifier.from_checkpoint(args.checkpoint)
     oracle = build_oracle(args, classifier)
-    data = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit, image_size=classifier.input_shape[0],
-                        per_class=args.per_class)
-    if data.image_shape != classifier.input_shape:
-        raise InputError(f"data {data.spec!r} has images of shape {data.image_shape}, checkpoint "
-                         f"{args.checkpoint} ({classifier.spec.name}) needs {classifier.input_shape}")
+    data = load_data_for(args, classifier)
     if len(data) == 0:
         raise InputError(f"data {data.spec!r} has no images")
     atk = get_attack(args.attack)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from rsjax.cli.common import add_data_args, emit_json, log
+from rsjax.cli.common import add_data_args, emit_json, load_data_for, log
 
 
 def register(subparsers) -> None:
@@ -34,8 +34,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from rsjax.certify import certify_dataset, summarize, write_certify_log
     from rsjax.classifier import Classifier
-    from rsjax.data import load_dataset
-    from rsjax.errors import InputError, check_int_at_least, check_open_unit, check_positive
+    from rsjax.errors import check_int_at_least, check_open_unit, check_positive
     from rsjax.smoothing import DEFAULT_CHUNK_SIZE
 
     check_positive("--sigma", args.sigma)
@@ -44,14 +43,8 @@ def run(args: argparse.Namespace) -> int:
     check_open_unit("--alpha", args.alpha)
     check_int_at_least("--batch-size", args.batch_size, 1)
     chunk = DEFAULT_CHUNK_SIZE if args.chunk_size is None else check_int_at_least("--chunk-size", args.chunk_size, 1)
-    if args.per_class is not None:
-        check_int_at_least("--per-class", args.per_class, 1)
     classifier = Classifier.from_checkpoint(args.checkpoint)
-    data = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit, image_size=classifier.input_shape[0],
-                        per_class=args.per_class)
-    if data.image_shape != classifier.input_shape:
-        raise InputError(f"data {data.spec!r} has images of shape {data.image_shape}, checkpoint "
-                         f"{args.checkpoint} ({classifier.spec.name}) needs {classifier.input_shape}")
+    data = load_data_for(args, classifier)
     log(f"certify {classifier.spec.name} on {len(data)} images of {data.spec}: sigma={args.sigma} "
         f"n0={args.n0} n={args.n} alpha={args.alpha} -> {args.out}")
     rows = certify_dataset(classifier, data.images, data.labels, args.sigma, args.n0, args.n, args.alpha,

@@ -37,3 +37,19 @@ def add_data_args(p, default_limit=None) -> None:
                    help="then only the first K images of each class (files sorted by class, e.g. "
                         "CIFAR-10 npz exports, otherwise give one class with --limit); image "
                         "indices stay those of the full dataset")
+
+
+def load_data_for(args, classifier):
+    """The dataset of ``--data`` (with ``--data-dir``, ``--limit``, ``--per-class``) at the
+    classifier's input size; InputError naming the flag or the shape mismatch."""
+    from rsjax.data import load_dataset
+    from rsjax.errors import InputError, check_int_at_least
+
+    if args.per_class is not None:
+        check_int_at_least("--per-class", args.per_class, 1)
+    data = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit,
+                        image_size=classifier.input_shape[0], per_class=args.per_class)
+    if data.image_shape != classifier.input_shape:
+        raise InputError(f"data {data.spec!r} has images of shape {data.image_shape}, checkpoint "
+                         f"{args.checkpoint} ({classifier.spec.name}) needs {classifier.input_shape}")
+    return data

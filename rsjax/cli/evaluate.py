@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from rsjax.cli.common import add_data_args, emit_json, log
+from rsjax.cli.common import add_data_args, emit_json, load_data_for, log
 
 
 def register(subparsers) -> None:
@@ -41,19 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def evaluate(args: argparse.Namespace) -> dict:
     """Load the checkpoint and data named by ``args`` and return the result dict."""
     from rsjax.classifier import Classifier
-    from rsjax.data import load_dataset
     from rsjax.errors import InputError, check_int_at_least
 
     check_int_at_least("--batch-size", args.batch_size, 1)
-    if args.per_class is not None:
-        check_int_at_least("--per-class", args.per_class, 1)
     classifier = Classifier.from_checkpoint(args.checkpoint)
-    height, width, channels = classifier.input_shape
-    data = load_dataset(args.data, data_dir=args.data_dir, limit=args.limit, image_size=height,
-                        per_class=args.per_class)
-    if data.image_shape != classifier.input_shape:
-        raise InputError(f"data {data.spec!r} has images of shape {data.image_shape}, checkpoint "
-                         f"{args.checkpoint} ({classifier.spec.name}) needs {classifier.input_shape}")
+    data = load_data_for(args, classifier)
     if data.labels.max(initial=0) >= classifier.num_classes:
         raise InputError(f"data {data.spec!r} has label {int(data.labels.max())} but "
                          f"{classifier.spec.name} has {classifier.num_classes} classes")
