@@ -377,3 +377,16 @@ def test_erfinv_giles_matches_float64_erfinv():
     u = np.concatenate([np.linspace(-1 + 2.0**-23, 1 - 2.0**-23, 400_001), [0.0, 1e-7, -0.9999999]]).astype(np.float32)
     got = np.asarray(jax.jit(erfinv_giles)(jnp.asarray(u)), np.float64)
     assert np.abs(got - erfinv(u.astype(np.float64))).max() < 1e-6
+
+
+def test_rsjax_certify_stays_the_function_after_the_submodule_is_imported():
+    """``rsjax.certify`` is the CERTIFY function whatever is imported later (importing the
+    submodule ``rsjax.certify`` after the package used to rebind the attribute to the module,
+    so the README example failed depending on test order). Fresh interpreter: order matters."""
+    import subprocess
+    import sys
+
+    code = ("import rsjax; from rsjax.certify import certify_dataset; import rsjax.certify; "
+            "import rsjax.cli.certify; assert callable(rsjax.certify), rsjax.certify")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
