@@ -75,7 +75,9 @@ def raw_forward_rate(classifier, batch: int, repeats: int = 5) -> float:
     import jax
     import jax.numpy as jnp
 
-    f = jax.jit(classifier.logits_fn)
+    from rsjax.xla_options import jit
+
+    f = jit(classifier.logits_fn)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(batch, *classifier.input_shape)), jnp.float32)
     f(x).block_until_ready()
     t = time.perf_counter()

@@ -47,7 +47,9 @@ def raw_rate(clf, sizes=(256, 1024, 4096), reps=5) -> float:
     import jax
     import jax.numpy as jnp
 
-    f = jax.jit(clf.logits_fn)
+    from rsjax.xla_options import jit
+
+    f = jit(clf.logits_fn)
     best = 0.0
     for bs in sizes:
         x = jnp.asarray(np.random.default_rng(0).uniform(size=(bs, *clf.input_shape)), jnp.float32)

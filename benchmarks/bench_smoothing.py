@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rsjax import Classifier, get_model_spec  # noqa: E402
 from rsjax.smoothing import certify, noisy_copies, sample_noise, votes  # noqa: E402
+from rsjax.xla_options import jit  # noqa: E402
 
 
 def load_classifier(model: str, weights: str | None) -> Classifier:
@@ -69,7 +70,7 @@ def point_keys(ids) -> jax.Array:
 
 def raw_forward(clf: Classifier, batch_sizes, reps: int) -> dict[int, float]:
     """Images/s of jit(logits_fn) on a fixed input, per batch size."""
-    f = jax.jit(clf.logits_fn)
+    f = jit(clf.logits_fn)
     out = {}
     for bs in batch_sizes:
         x = jnp.asarray(np.random.default_rng(0).uniform(size=(bs, *clf.input_shape)), jnp.float32)
@@ -82,7 +83,7 @@ def forward_with_noise(clf: Classifier, bs: int, reps: int, noise: str) -> float
     floor of any Monte Carlo vote."""
     shape = clf.input_shape
 
-    @jax.jit
+    @jit
     def step(x, key):
         ks = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(bs, dtype=jnp.uint32))
         z = jax.vmap(lambda k: sample_noise(k, shape, noise))(ks)
@@ -106,7 +107,7 @@ def cmd_throughput(args) -> None:
     print(f"votes, chunk_size={chunk}, noise=hash: model evaluations/s, wall clock (% of the raw forward at "
           f"batch {best_bs} timed interleaved with it):\n")
     rng = np.random.default_rng(0)
-    f = jax.jit(clf.logits_fn)
+    f = jit(clf.logits_fn)
     xr = jnp.asarray(rng.uniform(size=(best_bs, *clf.input_shape)), jnp.float32)
     rows_wall, rows_cpu = [], []
     for b in args.bs:
@@ -183,9 +184,9 @@ def cmd_batch_dependence(args) -> None:
     else:
         x = np.random.default_rng(0).uniform(size=(args.images, *clf.input_shape)).astype(np.float32)
     n, sigma = args.n, args.sigma
-    f = jax.jit(clf.logits_fn)
+    f = jit(clf.logits_fn)
     flips = total = 0
-    make_copies = jax.jit(lambda xi, k: noisy_copies(xi, k, sigma, args.direct))
+    make_copies = jit(lambda xi, k: noisy_copies(xi, k, sigma, args.direct))
     for i in range(len(x)):
         copies = make_copies(jnp.asarray(x[i]), point_keys([i])[0])
         big = np.asarray(jnp.argmax(f(copies), -1))

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_attacks import MILESTONES, SHARED, TARGETS, get_checkpoint, pick_images  # noqa: E402
+from rsjax.xla_options import jit  # noqa: E402
 
 
 class _BudgetReached(Exception):
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     data = load_dataset(f"npz:{args.data}")
     idx = pick_images(clf, data.images, data.labels, args.per_class)
     x, y = data.images[idx], data.labels[idx]
-    forward = jax.jit(clf.logits_fn)
+    forward = jit(clf.logits_fn)
     oracle = ModelOracle(clf.logits_fn, clf.num_classes, name=clf.spec.name)
     qs = [q for q in MILESTONES if q <= args.queries]
     out = {"images": idx.tolist(), "seeds": {}}

@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from rsjax.data import load_dataset  # noqa: E402
 from rsjax.errors import InputError  # noqa: E402
+from rsjax.xla_options import jit  # noqa: E402
 
 SHARED_IMAGENET = REPO.parent / "shared" / "data" / "imagenet"
 DEFAULT_TFLITE = SHARED_IMAGENET / "mobilenet_v2_1.0_224_quant.tflite"
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         graph = read_tflite(args.tflite)
         clf = Classifier.from_arch("mobilenet_v2", convert_mobilenet_v2(graph))
         source = args.tflite
-    logits_fn = jax.jit(clf.logits_fn)
+    logits_fn = jit(clf.logits_fn)
     size = clf.input_shape[0]
     reference = load_dataset(args.data, limit=args.limit, image_size=size)
     labels = reference.labels
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.bf16:
             variables16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), clf.variables)
             module = clf.spec.build()
-            f16 = jax.jit(lambda x: module.apply(variables16, x.astype(jnp.bfloat16), train=False).astype(jnp.float32))
+            f16 = jit(lambda x: module.apply(variables16, x.astype(jnp.bfloat16), train=False).astype(jnp.float32))
             batched_logits(f16, images[: args.batch_size], args.batch_size)
             t0 = time.perf_counter()
             logits16 = batched_logits(f16, images, args.batch_size)
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'  bfloat16':<14} {b1:7.2%} (argmax agreement with float32 {agree16:.2%}, "
                   f"{t16 / len(labels):.4f} s/image)", flush=True)
         if args.uint8_sim and graph is not None:
-            sim = jax.jit(lambda x: run_reference(graph, input_to_real(graph, x), quantize_activations=True)[0][:, 1:])
+            sim = jit(lambda x: run_reference(graph, input_to_real(graph, x), quantize_activations=True)[0][:, 1:])
             t0 = time.perf_counter()
             sim_logits = batched_logits(sim, images, args.batch_size)
             t_sim = time.perf_counter() - t0

@@ -45,6 +45,7 @@ from scipy import stats
 from rsjax.errors import InputError, check_int_at_least, check_positive
 from rsjax.smoothing import DEFAULT_CHUNK_SIZE, votes
 from rsjax.theory import level_wrong_count, prob_wrong_majority
+from rsjax.xla_options import jit
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -68,7 +69,7 @@ def fold_keys(key: jax.Array, *ids) -> jax.Array:
     return jax.vmap(one)(*flat).reshape(shape)
 
 
-@partial(jax.jit, static_argnums=0)
+@partial(jit, static_argnums=0)
 def _labels_jit(logits_fn, x):
     return jnp.argmax(logits_fn(x), axis=-1)
 

@@ -19,6 +19,7 @@ import numpy as np
 from rsjax.errors import InputError
 from rsjax.models import get_model_spec
 from rsjax.models.registry import ModelSpec
+from rsjax.xla_options import jit
 
 
 def forward_in_blocks(fn: Callable[[jax.Array], jax.Array], block: int | None,
@@ -91,7 +92,7 @@ class Classifier:
 
     @cached_property
     def _jit_logits(self):
-        return jax.jit(self.logits_fn)
+        return jit(self.logits_fn)
 
     def check_input(self, x: np.ndarray | jax.Array) -> None:
         """Raise InputError unless x is [N, H, W, C] of this model's input shape."""

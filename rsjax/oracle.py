@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax.errors import RsjaxError
+from rsjax.xla_options import jit
 
 
 class BudgetError(RsjaxError):
@@ -215,7 +216,7 @@ def jitted_decide(oracle: Oracle) -> Callable:
     """``jax.jit(oracle.decide)``, cached per oracle object."""
     hit = _DECIDE_JIT.get(id(oracle))
     if hit is None or hit[0] is not oracle:
-        hit = (oracle, jax.jit(oracle.decide))
+        hit = (oracle, jit(oracle.decide))
         _DECIDE_JIT[id(oracle)] = hit
     return hit[1]
 

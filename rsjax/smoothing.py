@@ -37,6 +37,7 @@ import numpy as np
 from scipy import stats
 
 from rsjax.errors import InputError, check_int_at_least, check_open_unit, check_positive
+from rsjax.xla_options import jit
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 NOISE_IMPLS = ("hash", "threefry")
@@ -252,7 +253,7 @@ def vote_counts(
     return VoteResult(counts, done)
 
 
-@partial(jax.jit, static_argnames=("logits_fn", "num_classes", "chunk_size", "clip", "noise", "stop"))
+@partial(jit, static_argnames=("logits_fn", "num_classes", "chunk_size", "clip", "noise", "stop"))
 def _votes_jit(logits_fn, x, keys, sigma, n_vec, *, num_classes, chunk_size, clip, noise, stop):
     stop_fn = label_decided if stop == "label" else None
     return vote_counts(logits_fn, x, keys, sigma, n_vec, num_classes,

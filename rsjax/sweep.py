@@ -84,6 +84,7 @@ import numpy as np
 
 from rsjax.cache import cache_dir, enable_compilation_cache  # noqa: F401  (re-exported)
 from rsjax.errors import InputError
+from rsjax.xla_options import jit
 
 STREAM_ACCURACY, STREAM_CERTIFY, STREAM_ATTACK, STREAM_LEVEL = 1, 2, 3, 4
 CRITERIA = ("level", "label")
@@ -351,8 +352,8 @@ class AttackPrograms:
         def chunk(params, env, core, extra):
             return attack.advance(oracle_of(params, env), env, core, extra)
 
-        self._start = jax.jit(start)
-        self._chunk = jax.jit(chunk)
+        self._start = jit(start)
+        self._chunk = jit(chunk)
 
     def _size_for(self, b: int) -> int:
         if self.full is None or b > self.full:

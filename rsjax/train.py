@@ -43,6 +43,7 @@ from rsjax.data import Dataset
 from rsjax.errors import InputError, check_int_at_least, check_positive
 from rsjax.models import get_model_spec
 from rsjax.models.registry import ModelSpec
+from rsjax.xla_options import jit
 
 RECIPES = ("standard", "gaussian", "pgd")
 OPTIMIZERS = ("adam", "sgd")
@@ -284,7 +285,7 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, config: T
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
         return TrainState(params, new_stats, opt_state, state.step + 1), metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    return jit(train_step, donate_argnums=(0,))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -294,7 +295,7 @@ def make_predict_fn(spec: ModelSpec) -> Callable:
     """Jitted ``(variables, x) -> argmax labels`` in inference mode; variables are arguments so
     one compiled program serves every epoch."""
     module = spec.build()
-    return jax.jit(lambda variables, x: jnp.argmax(module.apply(variables, x, train=False), -1))
+    return jit(lambda variables, x: jnp.argmax(module.apply(variables, x, train=False), -1))
 
 
 def _padded_batches(n: int, batch_size: int):
@@ -334,7 +335,7 @@ def evaluate_accuracy(
     return correct / len(images)
 
 
-@partial(jax.jit, static_argnums=(2,))
+@partial(jit, static_argnums=(2,))
 def _noise_batch(root: jax.Array, start: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     ids = start + jnp.arange(shape[0])
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(root, i), shape[1:]))(ids)
@@ -360,7 +361,7 @@ def pgd_robust_accuracy(
     module = spec.build()
     step_size = 2.5 * eps / steps if step_size is None else step_size
 
-    @jax.jit
+    @jit
     def robust(variables, x, y):
         logits_fn = lambda z: module.apply(variables, z, train=False)  # noqa: E731
         x_adv = pgd_l2(logits_fn, x, y, eps, steps, step_size, key=None)

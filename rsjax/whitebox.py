@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax.errors import InputError, check_int_at_least, check_positive
+from rsjax.xla_options import jit
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -68,7 +69,7 @@ def _unit(v: jax.Array, fallback: jax.Array) -> jax.Array:
     return jnp.where(_bc(ok, v), v / _bc(jnp.where(ok, n, 1.0), v), fallback)
 
 
-@partial(jax.jit, static_argnames=("logits_fn", "steps", "refine_iterations"))
+@partial(jit, static_argnames=("logits_fn", "steps", "refine_iterations"))
 def _ddn_jit(logits_fn, x, y, *, steps, gamma, init_norm, alpha_max, alpha_min, refine_iterations,
              refine_tol):
     b = x.shape[0]

@@ -77,6 +77,7 @@ import numpy as np
 
 from rsjax.errors import InputError
 from rsjax.oracle import Oracle, image_keys as _image_keys, query_keys
+from rsjax.xla_options import jit
 
 ATTACK_STREAM = 0xFFFFFFFF
 TRACE_PAD = np.iinfo(np.int64).max
@@ -459,8 +460,8 @@ class DecisionAttack:
         :meth:`advance` for ``oracle`` (cached per oracle object)."""
         hit = self._compiled.get(id(oracle))
         if hit is None or hit[0] is not oracle:
-            start = jax.jit(lambda env: self.start_batch(oracle, env))
-            chunk = jax.jit(lambda env, core, extra: self.advance(oracle, env, core, extra))
+            start = jit(lambda env: self.start_batch(oracle, env))
+            chunk = jit(lambda env, core, extra: self.advance(oracle, env, core, extra))
             hit = (oracle, start, chunk)
             self._compiled[id(oracle)] = hit
         return hit[1], hit[2]
