@@ -29,7 +29,9 @@ def forward_in_blocks(fn: Callable[[jax.Array], jax.Array], block: int | None,
     is None. A batch of at most ``block`` rows is one call of ``fn`` on exactly those rows, or,
     with ``pad_small``, on them zero-padded to ``block`` rows (then every call of ``fn`` has the
     same shape whatever N, so a row's output never depends on N).
-    Every block has the same shape, so each image's output depends only on its own block."""
+    Every block has the same shape, so each image's output depends only on its own block.
+    The returned function carries ``block_rows = block`` (the votes evaluate their chunks in
+    calls of that many rows)."""
     if block is None:
         return fn
 
@@ -44,6 +46,7 @@ def forward_in_blocks(fn: Callable[[jax.Array], jax.Array], block: int | None,
         out = jax.lax.map(fn, xp.reshape((m // block, block) + x.shape[1:]))
         return out.reshape((m,) + out.shape[2:])[:n]
 
+    blocked.block_rows = block  # read by rsjax.smoothing.default_eval_rows
     return blocked
 
 

@@ -113,6 +113,11 @@ class SmoothedOracle:
     decided (label: y is the sure winner or can no longer win; level: the wrong count is reached
     or out of reach); ``evaluations`` is the number of samples actually drawn. It is off when an
     abstention test is configured (that needs all n counts).
+
+    ``chunk_size`` samples (of all the query's points) are assigned per step of the vote and
+    evaluated in model calls of ``eval_rows`` rows, only as many calls as the assigned samples
+    need (default :func:`rsjax.smoothing.default_eval_rows`: on a CPU the model's block or 256
+    rows), so a query with few active points does not pay for a full chunk.
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class SmoothedOracle:
         noise: str = "hash",
         clip: bool = False,
         name: str | None = None,
+        eval_rows: int | None = None,
     ):
         from rsjax.errors import InputError, check_int_at_least, check_open_unit, check_positive
         from rsjax.smoothing import NOISE_IMPLS, predict_min_top_count
@@ -143,6 +149,7 @@ class SmoothedOracle:
             raise InputError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
         self.criterion = criterion
         self.chunk_size = check_int_at_least("chunk_size", chunk_size, 1)
+        self.eval_rows = None if eval_rows is None else check_int_at_least("eval_rows", eval_rows, 1)
         if noise not in NOISE_IMPLS:
             raise InputError(f"noise implementation must be one of {NOISE_IMPLS}, got {noise!r}")
         self.noise, self.clip = noise, bool(clip)
@@ -187,7 +194,7 @@ class SmoothedOracle:
         n = self.n if active is None else jnp.where(active, self.n, 0)
         res = vote_counts(self.logits_fn, x, keys, self.sigma, n, self.num_classes,
                           chunk_size=self.chunk_size, clip=self.clip, noise=self.noise,
-                          stop=self._stop_rule(y))
+                          stop=self._stop_rule(y), eval_rows=self.eval_rows)
         counts = res.counts
         if self.criterion == "level":
             ny = jnp.take_along_axis(counts, y[:, None], axis=-1)[:, 0]
@@ -206,7 +213,8 @@ class SmoothedOracle:
         if self.criterion == "label":
             return self
         return SmoothedOracle(self.logits_fn, self.num_classes, self.sigma, self.n,
-                              chunk_size=self.chunk_size, noise=self.noise, clip=self.clip)
+                              chunk_size=self.chunk_size, noise=self.noise, clip=self.clip,
+                              eval_rows=self.eval_rows)
 
 
 _DECIDE_JIT: dict[int, tuple[object, Callable]] = {}

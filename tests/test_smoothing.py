@@ -390,3 +390,84 @@ def test_rsjax_certify_stays_the_function_after_the_submodule_is_imported():
             "import rsjax.cli.certify; assert callable(rsjax.certify), rsjax.certify")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# eval_rows: a chunk is evaluated in calls of eval_rows rows, only as far as its valid slots
+# ---------------------------------------------------------------------------------------------
+def _counting_model(weights: np.ndarray):
+    """The batch-invariant K-class linear model, recording the row count of every call."""
+    base = multiclass_linear_logits_fn(weights)
+    calls: list[int] = []
+
+    def logits(x):
+        jax.debug.callback(lambda r: calls.append(int(r)), jnp.int32(x.shape[0]))
+        return base(x)
+
+    return logits, calls
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_eval_rows_gives_identical_votes(early_stop):
+    rng = np.random.default_rng(4)
+    weights = rng.normal(size=(3, *SHAPE)).astype(np.float32) * 0.3
+    f = multiclass_linear_logits_fn(weights)
+    x = rng.uniform(size=(13, *SHAPE)).astype(np.float32)
+    keys = point_keys(5, range(13))
+    ref = votes(f, x, keys, 0.5, 301, 3, chunk_size=256, early_stop=early_stop, eval_rows=256)
+    for rows in (8, 32, 128):
+        got = votes(f, x, keys, 0.5, 301, 3, chunk_size=256, early_stop=early_stop, eval_rows=rows)
+        np.testing.assert_array_equal(ref.counts, got.counts)
+        np.testing.assert_array_equal(ref.evaluations, got.evaluations)
+
+
+def test_eval_rows_skips_the_empty_tail_of_a_chunk():
+    """3 active points x n = 10 = 30 samples in a chunk of 256: 4 calls of 8 rows (not 32), and
+    a full second chunk (300 samples) uses all 32 + 6 calls; counts as with one call per chunk."""
+    from rsjax.smoothing import vote_counts
+    from rsjax.xla_options import jit
+
+    rng = np.random.default_rng(6)
+    weights = rng.normal(size=(2, *SHAPE)).astype(np.float32)
+    f, calls = _counting_model(weights)
+    x = jnp.asarray(rng.uniform(size=(8, *SHAPE)), jnp.float32)
+    keys = point_keys(7, range(8))
+    run = jit(lambda n_vec, rows: vote_counts(f, x, keys, 0.3, n_vec, 2, chunk_size=256, eval_rows=rows),
+              static_argnums=1)
+    n_small = jnp.asarray([10, 0, 10, 0, 0, 10, 0, 0], jnp.int32)
+    few = run(n_small, 8)
+    jax.block_until_ready(few)
+    assert calls == [8] * 4
+    calls.clear()
+    whole = run(n_small, 256)
+    jax.block_until_ready(whole)
+    assert calls == [256]
+    np.testing.assert_array_equal(np.asarray(few.counts), np.asarray(whole.counts))
+    calls.clear()
+    many = run(jnp.full((8,), 37, jnp.int32), 8)  # 296 samples: a full chunk then 40 slots
+    jax.block_until_ready(many)
+    assert calls == [8] * (32 + 5)
+
+
+def test_eval_rows_must_divide_the_chunk():
+    w, b, x = linear_problem(count=3)
+    with pytest.raises(InputError, match="eval_rows=48"):
+        votes(linear_model(w, b), x, point_keys(0, range(3)), 0.3, 200, 2, chunk_size=256, eval_rows=48)
+
+
+def test_default_eval_rows():
+    from rsjax.classifier import forward_in_blocks
+    from rsjax.smoothing import CPU_EVAL_ROWS, default_eval_rows
+
+    def f(x):
+        return x
+
+    blocked = forward_in_blocks(f, 32)
+    assert blocked.block_rows == 32
+    if jax.default_backend() == "cpu":
+        assert default_eval_rows(blocked, 1024) == 32
+        assert default_eval_rows(f, 1024) == CPU_EVAL_ROWS
+        assert default_eval_rows(f, CPU_EVAL_ROWS) is None  # one call per chunk anyway
+        assert default_eval_rows(f, 1000) is None  # does not divide the chunk
+    else:
+        assert default_eval_rows(blocked, 1024) is None
