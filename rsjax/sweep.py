@@ -134,7 +134,8 @@ class ParamOracle:
     schedule depends on its own votes only."""
 
     def __init__(self, apply_fn: Callable, params: OracleParams, num_classes: int, kind: str,
-                 chunk_size: int = 2048, noise: str = "hash", rows: int | None = None):
+                 chunk_size: int = 2048, noise: str = "hash", rows: int | None = None,
+                 eval_rows: int | None = None):
         if kind not in ("none",) + CRITERIA:
             raise InputError(f"oracle kind must be one of none, {', '.join(CRITERIA)}; got {kind!r}")
         self.apply_fn = apply_fn
@@ -145,6 +146,14 @@ class ParamOracle:
         self.chunk_size = chunk_size
         self.noise = noise
         self.rows = rows
+        self.eval_rows = eval_rows
+
+    def _eval_rows(self, block: int) -> int | None:
+        """Rows per model call inside a block of ``block`` rows: the model's own CPU block
+        (``eval_rows``, e.g. 32 for the CIFAR ResNets) when it divides the block, else None (one
+        call). Static, so shapes still depend only on the kind of query."""
+        r = self.eval_rows
+        return r if r and r < block and block % r == 0 else None
 
     def _logits(self, x):
         return self.apply_fn(self.params.variables, x)
@@ -164,6 +173,7 @@ class ParamOracle:
         per_image = self._points_per_image(x.shape[0])
         if self.kind == "none":
             block = model_block(per_image, self.chunk_size, floor=1)
+            block = self._eval_rows(block) or block
             adv = jnp.argmax(blocked_apply(self._logits, x, block), axis=-1) != y
             return OracleAnswer(adv, jnp.ones(adv.shape, jnp.int32))
         p = self.params
@@ -172,9 +182,10 @@ class ParamOracle:
         else:
             stop = lambda c, r: label_vs_reference_decided(c, r, y)  # noqa: E731
         n = p.n if active is None else jnp.where(active, p.n, 0)
+        chunk = model_block(per_image, self.chunk_size)
         res = scheduled_vote_counts(self._logits, x, keys, p.sigma, n, self.num_classes,
-                                    chunk_size=model_block(per_image, self.chunk_size), noise=self.noise,
-                                    stop=stop)
+                                    chunk_size=chunk, noise=self.noise, stop=stop,
+                                    eval_rows=self._eval_rows(chunk))
         ny = jnp.take_along_axis(res.counts, y[:, None], axis=-1)[:, 0]
         if self.kind == "level":
             adv = (jnp.sum(res.counts, axis=-1) - ny) >= p.k
@@ -214,7 +225,7 @@ def blocked_apply(fn: Callable[[jax.Array], jax.Array], x: jax.Array, block: int
 
 def scheduled_vote_counts(logits_fn: Callable, x: jax.Array, keys: jax.Array, sigma, n, num_classes: int, *,
                           chunk_size: int, noise: str = "hash", stop: Callable | None = None,
-                          first_round: int = FIRST_ROUND):
+                          first_round: int = FIRST_ROUND, eval_rows: int | None = None):
     """Votes with an exact early stop whose cost per point depends on that point alone.
 
     ``n``: a scalar or [M] (n_i = 0 skips point i). Same noise as
@@ -224,7 +235,9 @@ def scheduled_vote_counts(logits_fn: Callable, x: jax.Array, keys: jax.Array, si
     checked after each round. A point's evaluations are therefore fixed by its own votes
     (vote_counts shares each chunk among the active points, so a point's count there depends on
     how many other points are active, i.e. on the batch and on the device count). A round's
-    samples are packed into model calls of exactly ``chunk_size`` rows (an inner loop).
+    samples are packed into chunks of exactly ``chunk_size`` rows (an inner loop), each evaluated
+    in one model call or, with ``eval_rows``, in calls of that many rows up to its last filled
+    slot (:func:`rsjax.smoothing.add_sample_votes`).
     Returns :class:`rsjax.smoothing.VoteResult` (counts [M, K], evaluations [M])."""
     from rsjax.smoothing import VoteResult, add_sample_votes
 
@@ -258,7 +271,8 @@ def scheduled_vote_counts(logits_fn: Callable, x: jax.Array, keys: jax.Array, si
             valid = s < total
             point = jnp.minimum(jnp.searchsorted(cum, s, side="right"), m - 1).astype(jnp.int32)
             sample = done[point] + s - begin[point]
-            return (add_sample_votes(logits_fn, x, keys, sigma, counts_, point, sample, valid, noise=noise),
+            return (add_sample_votes(logits_fn, x, keys, sigma, counts_, point, sample, valid, noise=noise,
+                                     eval_rows=eval_rows),
                     base + chunk_size)
 
         counts, _ = jax.lax.while_loop(chunk_cond, chunk_body, (counts, jnp.int32(0)))
@@ -334,7 +348,7 @@ class AttackPrograms:
     on several devices."""
 
     def __init__(self, attack, apply_fn: Callable, num_classes: int, kind: str, mesh=None,
-                 chunk_size: int = 2048, noise: str = "hash"):
+                 chunk_size: int = 2048, noise: str = "hash", eval_rows: int | None = None):
         self.attack = attack
         self.kind = kind
         self.mesh = mesh
@@ -344,7 +358,7 @@ class AttackPrograms:
 
         def oracle_of(params, env):
             return ParamOracle(apply_fn, params, num_classes, kind, chunk_size=chunk_size, noise=noise,
-                               rows=env.x.shape[0])
+                               rows=env.x.shape[0], eval_rows=eval_rows)
 
         def start(params, env):
             return attack.start_batch(oracle_of(params, env), env)
@@ -834,6 +848,13 @@ def _apply_fn(clf) -> Callable:
     return lambda variables, x: module.apply(variables, x, train=False)
 
 
+def _cpu_eval_rows(clf) -> int | None:
+    """Rows per model call in the attack oracles: on the CPU backend the model's cache-sized block
+    (``ModelSpec.cpu_forward_block``: 32 for the CIFAR ResNets; None for the MLP, whose calls stay
+    whole), on accelerators None."""
+    return clf.spec.cpu_forward_block if jax.default_backend() == "cpu" else None
+
+
 def accuracy_records(name: str, clf, images: np.ndarray, labels: np.ndarray, ids: np.ndarray,
                      sigma: float | None, config: SweepConfig, base_pred: np.ndarray | None = None) -> list[dict]:
     """Accuracy of f (sigma None: one record, n None) or of g_{sigma,n} and PREDICT for each n of
@@ -1072,7 +1093,8 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
         pkey = (st.attack, clf.spec.name, kind)
         if pkey not in programs:
             programs[pkey] = AttackPrograms(attacks[st.attack], _apply_fn(clf), clf.num_classes, kind, mesh,
-                                            chunk_size=config.vote_chunk, noise=config.noise)
+                                            chunk_size=config.vote_chunk, noise=config.noise,
+                                            eval_rows=_cpu_eval_rows(clf))
         params = OracleParams(clf.variables, jnp.float32(st.sigma or 1.0), jnp.int32(st.n or 1),
                               jnp.int32(st.k_wrong or 1))
         t0 = time.perf_counter()

@@ -167,6 +167,44 @@ def test_scheduled_votes_are_exact_and_per_point():
     assert np.asarray(off.evaluations).tolist() == [n, 0] * 3
 
 
+def test_scheduled_votes_with_eval_rows_are_identical():
+    """eval_rows only splits each chunk's model calls (and skips its empty tail): with a
+    batch-invariant model the counts and evaluations are those of whole-chunk calls."""
+    from rsjax.oracle import image_keys
+    from rsjax.smoothing import label_decided
+
+    w = jnp.asarray(np.random.default_rng(3).normal(size=(10, 28, 28, 1)).astype(np.float32) * 0.05)
+    logits = lambda z: jnp.sum(z[:, None] * w[None], axis=(2, 3, 4))  # noqa: E731
+    x = jnp.asarray(np.random.default_rng(4).uniform(0, 1, (6, 28, 28, 1)).astype(np.float32))
+    keys = image_keys(jax.random.key(8), jnp.arange(6))
+    n = jnp.asarray([37, 0, 37, 5, 37, 37], jnp.int32)
+    runs = [jax.jit(lambda xx, er=er: sweep.scheduled_vote_counts(logits, xx, keys, 0.5, n, 10, chunk_size=128,
+                                                                  stop=label_decided, eval_rows=er))(x)
+            for er in (None, 32, 16)]
+    for r in runs[1:]:
+        np.testing.assert_array_equal(np.asarray(r.counts), np.asarray(runs[0].counts))
+        np.testing.assert_array_equal(np.asarray(r.evaluations), np.asarray(runs[0].evaluations))
+
+
+def test_param_oracle_uses_the_model_cpu_block():
+    """A CIFAR ResNet's attack oracle evaluates in its 32-row CPU blocks (the MLP's stays whole),
+    and answers as the model does."""
+    from rsjax.classifier import Classifier
+    from rsjax.models import get_model_spec
+
+    spec = get_model_spec("cifar_resnet20")
+    clf = Classifier(spec, spec.init(jax.random.key(2)))
+    expect = 32 if jax.default_backend() == "cpu" else None
+    assert sweep._cpu_eval_rows(clf) == expect and sweep._cpu_eval_rows(_mlp()) is None
+    x = jnp.asarray(np.random.default_rng(5).uniform(0, 1, (40, 32, 32, 3)).astype(np.float32))
+    y = jnp.asarray(clf.predict(np.asarray(x)))
+    y = y.at[::3].set((y[::3] + 1) % 10)
+    params = sweep.OracleParams(clf.variables, jnp.float32(1.0), jnp.int32(1), jnp.int32(1))
+    ans = jax.jit(lambda p, xx, yy: sweep.ParamOracle(sweep._apply_fn(clf), p, 10, "none", rows=40,
+                                                      eval_rows=32).decide(xx, yy))(params, x, y)
+    assert np.asarray(ans.adversarial).tolist() == [i % 3 == 0 for i in range(40)]
+
+
 # ------------------------------------------------------------------------------------ real runs
 
 def _test_cache() -> Path:
