@@ -90,8 +90,13 @@ class Classifier:
         def logits(x: jax.Array) -> jax.Array:
             return module.apply(variables, x, train=False)
 
-        block = self.spec.cpu_forward_block if jax.default_backend() == "cpu" else None
-        return forward_in_blocks(logits, block)
+        return forward_in_blocks(logits, self.forward_block)
+
+    @property
+    def forward_block(self) -> int | None:
+        """Rows per model call of :attr:`logits_fn` on this backend: the spec's
+        ``cpu_forward_block`` on the CPU (cache-sized blocks), None (one call) elsewhere."""
+        return self.spec.cpu_forward_block if jax.default_backend() == "cpu" else None
 
     @cached_property
     def _jit_logits(self):

@@ -206,8 +206,13 @@ def default_eval_rows(logits_fn: LogitsFn, chunk_size: int) -> int | None:
     as fast as before (``benchmarks/RESULTS.md``, session 4)."""
     if jax.default_backend() != "cpu":
         return None
-    rows = getattr(logits_fn, "block_rows", None) or CPU_EVAL_ROWS
-    return rows if rows < chunk_size and chunk_size % rows == 0 else None
+    return split_rows(getattr(logits_fn, "block_rows", None) or CPU_EVAL_ROWS, chunk_size)
+
+
+def split_rows(rows: int | None, chunk_size: int) -> int | None:
+    """``rows`` if calls of that many rows split a chunk of ``chunk_size`` into several, else
+    None (the chunk is one call)."""
+    return rows if rows and rows < chunk_size and chunk_size % rows == 0 else None
 
 
 def add_sample_votes(logits_fn: LogitsFn, x: jax.Array, keys: jax.Array, sigma: jax.Array,

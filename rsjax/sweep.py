@@ -150,10 +150,11 @@ class ParamOracle:
 
     def _eval_rows(self, block: int) -> int | None:
         """Rows per model call inside a block of ``block`` rows: the model's own CPU block
-        (``eval_rows``, e.g. 32 for the CIFAR ResNets) when it divides the block, else None (one
+        (``eval_rows``, e.g. 32 for the CIFAR ResNets) when it splits the block, else None (one
         call). Static, so shapes still depend only on the kind of query."""
-        r = self.eval_rows
-        return r if r and r < block and block % r == 0 else None
+        from rsjax.smoothing import split_rows
+
+        return split_rows(self.eval_rows, block)
 
     def _logits(self, x):
         return self.apply_fn(self.params.variables, x)
@@ -848,13 +849,6 @@ def _apply_fn(clf) -> Callable:
     return lambda variables, x: module.apply(variables, x, train=False)
 
 
-def _cpu_eval_rows(clf) -> int | None:
-    """Rows per model call in the attack oracles: on the CPU backend the model's cache-sized block
-    (``ModelSpec.cpu_forward_block``: 32 for the CIFAR ResNets; None for the MLP, whose calls stay
-    whole), on accelerators None."""
-    return clf.spec.cpu_forward_block if jax.default_backend() == "cpu" else None
-
-
 def accuracy_records(name: str, clf, images: np.ndarray, labels: np.ndarray, ids: np.ndarray,
                      sigma: float | None, config: SweepConfig, base_pred: np.ndarray | None = None) -> list[dict]:
     """Accuracy of f (sigma None: one record, n None) or of g_{sigma,n} and PREDICT for each n of
@@ -1094,7 +1088,7 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
         if pkey not in programs:
             programs[pkey] = AttackPrograms(attacks[st.attack], _apply_fn(clf), clf.num_classes, kind, mesh,
                                             chunk_size=config.vote_chunk, noise=config.noise,
-                                            eval_rows=_cpu_eval_rows(clf))
+                                            eval_rows=clf.forward_block)
         params = OracleParams(clf.variables, jnp.float32(st.sigma or 1.0), jnp.int32(st.n or 1),
                               jnp.int32(st.k_wrong or 1))
         t0 = time.perf_counter()

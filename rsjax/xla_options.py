@@ -72,9 +72,6 @@ class _LazyJit:
             raise AttributeError(name)
         return getattr(self.jitted(), name)
 
-    def __get__(self, obj, objtype=None):  # used as a method: bind like a function
-        return self if obj is None else functools.partial(self, obj)
-
 
 def jit(fun: Callable | None = None, /, **kwargs) -> Any:
     """``jax.jit`` with rsjax's :func:`compiler_options`; same keywords, also usable as

@@ -195,7 +195,7 @@ def test_param_oracle_uses_the_model_cpu_block():
     spec = get_model_spec("cifar_resnet20")
     clf = Classifier(spec, spec.init(jax.random.key(2)))
     expect = 32 if jax.default_backend() == "cpu" else None
-    assert sweep._cpu_eval_rows(clf) == expect and sweep._cpu_eval_rows(_mlp()) is None
+    assert clf.forward_block == expect and _mlp().forward_block is None
     x = jnp.asarray(np.random.default_rng(5).uniform(0, 1, (40, 32, 32, 3)).astype(np.float32))
     y = jnp.asarray(clf.predict(np.asarray(x)))
     y = y.at[::3].set((y[::3] + 1) % 10)
