@@ -30,11 +30,16 @@ import numpy as np
 from rsjax.errors import InputError
 
 SUMMARY_COLUMNS = [
-    "model", "sigma", "n", "p_a", "criterion", "k_wrong", "attack", "images", "successes", "success_rate",
-    "misclassified", "no_start", "mean_l2", "median_l2", "mean_linf", "mean_queries", "mean_evaluations",
-    "accuracy", "mean_level", "mean_radius", "median_ratio", "min_ratio", "ratio_images", "frac_ratio_ge_30",
+    "model", "sigma", "n", "p_a", "criterion", "k_wrong", "attack", "reference_kind", "images", "attacked",
+    "successes", "success_rate", "misclassified", "no_start", "unverified", "smoothed_abstain", "smoothed_wrong",
+    "mean_l2", "mean_l2_low", "mean_l2_high", "median_l2", "median_l2_low", "median_l2_high",
+    "raw_mean_l2", "raw_mean_l2_low", "raw_mean_l2_high", "raw_median_l2", "raw_median_l2_low", "raw_median_l2_high",
+    "mean_linf", "raw_mean_linf", "mean_raw_level", "mean_verified_level",
+    "mean_queries", "max_queries_used", "mean_evaluations", "mean_verification_calls", "accuracy",
+    "mean_radius", "median_ratio", "median_ratio_low", "median_ratio_high",
+    "ratio_of_means", "ratio_of_means_low", "ratio_of_means_high", "ratio_images", "frac_ratio_ge_30",
+    "frac_inside_radius", "raw_frac_inside_radius",
 ]
-
 
 # ---------------------------------------------------------------------------------------------
 # Loading
@@ -91,59 +96,99 @@ def accuracy_lookup(accuracy: Sequence[Mapping]) -> dict:
     return {(a["model"], a["sigma"], a["n"]): a["accuracy"] for a in accuracy}
 
 
+def verified_distortion(r: Mapping[str, Any]) -> float | None:
+    """The verified L2 distortion of a record (0 for 'misclassified'; None when no verified
+    adversarial is known)."""
+    if not r.get("success"):
+        return None
+    return r.get("verified_l2")
+
+
 def distortion_ratios(records: Sequence[Mapping]) -> list[dict]:
-    """Per attack record under RS with a known adversarial and a positive certified radius:
-    the ratio l2 / radius (one dict per image x setting)."""
+    """Per attack record under RS with a verified adversarial and a positive certified radius:
+    the ratio verified L2 / radius (one dict per image x setting)."""
     out = []
     for r in records:
-        if r["criterion"] == "none" or not r["success"] or r.get("radius") is None:
+        v = verified_distortion(r)
+        if r["criterion"] == "none" or v is None or not r.get("radius") or r["radius"] <= 0:
             continue
-        if r["radius"] <= 0 or r["l2"] is None:
-            continue
-        out.append({**{k: r[k] for k in ("model", "sigma", "n", "p_a", "attack", "image")},
-                    "l2": r["l2"], "radius": r["radius"], "ratio": r["l2"] / r["radius"]})
+        out.append({**{k: r[k] for k in ("model", "sigma", "n", "p_a", "criterion", "attack", "image")},
+                    "l2": v, "radius": r["radius"], "ratio": v / r["radius"]})
     return out
 
 
 def _sort_key(s: tuple) -> tuple:
     model, sigma, n, pa, crit, attack = s
-    return (model, -1 if sigma is None else sigma, -1 if n is None else n, -1 if pa is None else pa, attack)
+    return (model, -1 if sigma is None else sigma, -1 if n is None else n, -1 if pa is None else pa, crit, attack)
+
+
+def _with_interval(row: dict, name: str, iv) -> None:
+    row[name], row[name + "_low"], row[name + "_high"] = iv.estimate, iv.low, iv.high
+
+
+def summary_row(rs: Sequence[Mapping], accuracy: float, confidence: float = 0.95) -> dict:
+    """Statistics of one setting's records (:data:`SUMMARY_COLUMNS`): verified distortions over
+    the images with a verified adversarial (0 for those already of level P_a at x_o), the
+    attacker's raw distortions over the images it attacked, 95 % bootstrap intervals over images,
+    and the ratios to the certified radius (median per image, and mean / mean)."""
+    from rsjax.intervals import mean_interval, median_interval, ratio_of_means_interval
+
+    first = rs[0]
+    status = [r["status"] for r in rs]
+    ok = [r for r in rs if verified_distortion(r) is not None]
+    ver = np.array([verified_distortion(r) for r in ok], float)
+    raw_recs = [r for r in rs if r.get("attack_status", r["status"]) == "attacked" and r.get("l2") is not None]
+    raw = np.array([r["l2"] for r in raw_recs], float)
+    rs_crit = first["criterion"] != "none"
+    with_radius = [r for r in ok if rs_crit and r.get("radius") and r["radius"] > 0]
+    num = np.array([verified_distortion(r) for r in with_radius], float)
+    den = np.array([r["radius"] for r in with_radius], float)
+    raw_radius = [r for r in raw_recs if rs_crit and r.get("radius") and r["radius"] > 0]
+    radii = [r["radius"] for r in rs if r.get("radius") is not None]
+    row = {k: first.get(k) for k in ("model", "sigma", "n", "p_a", "criterion", "k_wrong", "attack",
+                                      "reference_kind")}
+    row.update(images=len(rs), attacked=sum(s == "attacked" for s in status), successes=len(ok),
+               success_rate=len(ok) / len(rs),
+               **{s: sum(x == s for x in status) for s in ("misclassified", "no_start", "unverified",
+                                                            "smoothed_abstain", "smoothed_wrong")})
+    _with_interval(row, "mean_l2", mean_interval(ver, confidence))
+    _with_interval(row, "median_l2", median_interval(ver, confidence))
+    _with_interval(row, "raw_mean_l2", mean_interval(raw, confidence))
+    _with_interval(row, "raw_median_l2", median_interval(raw, confidence))
+    _with_interval(row, "median_ratio", median_interval(num / den if len(num) else num, confidence))
+    _with_interval(row, "ratio_of_means", ratio_of_means_interval(num, den, confidence))
+    levels = [r["raw_level"] for r in raw_recs if r.get("raw_level") is not None]
+    vlevels = [r["verified_level"] for r in ok if r.get("verified_level") is not None]
+    row.update(
+        mean_linf=float(np.mean([r["verified_linf"] for r in ok])) if ok else math.nan,
+        raw_mean_linf=float(np.mean([r["linf"] for r in raw_recs])) if raw_recs else math.nan,
+        mean_raw_level=float(np.mean(levels)) if levels else math.nan,
+        mean_verified_level=float(np.mean(vlevels)) if vlevels else math.nan,
+        mean_queries=float(np.mean([r["queries"] for r in rs])),
+        max_queries_used=int(max(r["queries"] for r in rs)),
+        mean_evaluations=float(np.mean([r["evaluations"] for r in rs])),
+        mean_verification_calls=float(np.mean([r.get("verification_calls", 0) for r in rs])),
+        accuracy=accuracy, mean_radius=float(np.mean(radii)) if radii else math.nan,
+        ratio_images=len(num), frac_ratio_ge_30=float(np.mean(num / den >= 30)) if len(num) else math.nan,
+        frac_inside_radius=float(np.mean(num < den)) if len(num) else math.nan,
+        raw_frac_inside_radius=(float(np.mean([r["l2"] < r["radius"] for r in raw_radius]))
+                                if raw_radius else math.nan),
+    )
+    return row
 
 
 def summary_rows(run: Mapping[str, Any]) -> list[dict]:
     """One row per setting with the statistics of :data:`SUMMARY_COLUMNS`."""
     acc = accuracy_lookup(run["accuracy"])
+    conf = float(run["config"].get("interval_confidence", 0.95))
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in run["records"]:
         groups[setting_of(r)].append(r)
     rows = []
     for s in sorted(groups, key=_sort_key):
-        rs = groups[s]
         model, sigma, n, pa, crit, attack = s
-        ok = [r for r in rs if r["success"] and r["l2"] is not None]
-        l2 = np.array([r["l2"] for r in ok], float)
-        linf = np.array([r["linf"] for r in ok], float)
-        ratios = [r["l2"] / r["radius"] for r in ok if r.get("radius") and r["radius"] > 0 and crit != "none"]
-        radii = [r["radius"] for r in rs if r.get("radius") is not None]
-        levels = [r["level"] for r in ok if r.get("level") is not None]
-        rows.append({
-            "model": model, "sigma": sigma, "n": n, "p_a": pa, "criterion": crit, "k_wrong": rs[0].get("k_wrong"),
-            "attack": attack, "images": len(rs), "successes": len(ok), "success_rate": len(ok) / len(rs),
-            "misclassified": sum(r["status"] == "misclassified" for r in rs),
-            "no_start": sum(r["status"] == "no_start" for r in rs),
-            "mean_l2": float(l2.mean()) if len(l2) else math.nan,
-            "median_l2": float(np.median(l2)) if len(l2) else math.nan,
-            "mean_linf": float(linf.mean()) if len(linf) else math.nan,
-            "mean_queries": float(np.mean([r["queries"] for r in rs])),
-            "mean_evaluations": float(np.mean([r["evaluations"] for r in rs])),
-            "accuracy": acc.get((model, sigma, n) if crit != "none" else (model, None, None), math.nan),
-            "mean_level": float(np.mean(levels)) if levels else math.nan,
-            "mean_radius": float(np.mean(radii)) if radii else math.nan,
-            "median_ratio": float(np.median(ratios)) if ratios else math.nan,
-            "min_ratio": float(np.min(ratios)) if ratios else math.nan,
-            "ratio_images": len(ratios),
-            "frac_ratio_ge_30": float(np.mean(np.array(ratios) >= 30)) if ratios else math.nan,
-        })
+        a = acc.get((model, sigma, n) if crit != "none" else (model, None, None), math.nan)
+        rows.append(summary_row(groups[s], a, conf))
     return rows
 
 
@@ -179,14 +224,16 @@ def certified_curves(run: Mapping[str, Any]) -> dict[tuple[str, float], tuple[np
 
 
 def ratio_table(run: Mapping[str, Any]) -> list[dict]:
-    """Per (model, sigma, n, P_a, attack): quantiles of distortion / certified radius."""
+    """Per (model, sigma, n, P_a, criterion, attack): quantiles of verified distortion /
+    certified radius."""
     groups: dict[tuple, list[float]] = defaultdict(list)
     for r in distortion_ratios(run["records"]):
-        groups[(r["model"], r["sigma"], r["n"], r["p_a"], r["attack"])].append(r["ratio"])
+        groups[(r["model"], r["sigma"], r["n"], r["p_a"], r["criterion"], r["attack"])].append(r["ratio"])
     rows = []
-    for k in sorted(groups, key=lambda k: (k[0], k[1], k[2], -1 if k[3] is None else k[3], k[4])):
+    for k in sorted(groups, key=lambda k: (k[0], k[1], k[2], -1 if k[3] is None else k[3], k[4], k[5])):
         v = np.array(groups[k])
-        rows.append({"model": k[0], "sigma": k[1], "n": k[2], "p_a": k[3], "attack": k[4], "images": len(v),
+        rows.append({"model": k[0], "sigma": k[1], "n": k[2], "p_a": k[3], "criterion": k[4], "attack": k[5],
+                     "images": len(v),
                      "min": float(v.min()), "q10": float(np.quantile(v, 0.1)), "median": float(np.median(v)),
                      "mean": float(v.mean()), "frac_ge_30": float(np.mean(v >= 30))})
     return rows
@@ -213,10 +260,13 @@ def _marker(model: str, models: Sequence[str]) -> str:
 
 
 def plot_distortion_vs_accuracy(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
-    """Fig. 5: mean L2 distortion vs accuracy, one panel per attack, one point per
-    (model, sigma, n, P_a); marker = model, colour = n (grey: no RS), filled = P_a 0.5 or n = 1,
-    hollow = P_a 0.8 (other P_a: small)."""
+    """Fig. 5: mean verified L2 distortion (95 % bootstrap interval as an error bar) vs accuracy,
+    one panel per attack, one point per (model, sigma, n, P_a) of the deployed-classifier
+    attacks (criterion 'label'; all rows when the sweep ran 'level' only) and the no-RS rows;
+    marker = model, colour = n (grey: no RS), filled = P_a 0.5, hollow = P_a 0.8."""
     plt = _plt()
+    if any(r["criterion"] == "label" for r in rows):
+        rows = [r for r in rows if r["criterion"] in ("label", "none")]
     attacks = sorted({r["attack"] for r in rows})
     models = sorted({r["model"] for r in rows})
     ns = sorted({r["n"] for r in rows if r["n"] is not None})
@@ -229,14 +279,18 @@ def plot_distortion_vs_accuracy(rows: Sequence[Mapping], path: str | os.PathLike
                 continue
             c = "0.5" if r["n"] is None else colour[r["n"]]
             hollow = r["p_a"] is not None and r["p_a"] > 0.5
+            if np.isfinite(r.get("mean_l2_low", np.nan)) and np.isfinite(r.get("mean_l2_high", np.nan)):
+                ax.errorbar(r["accuracy"], r["mean_l2"], yerr=[[r["mean_l2"] - r["mean_l2_low"]],
+                                                               [r["mean_l2_high"] - r["mean_l2"]]],
+                            color=c, lw=0.8, capsize=2, zorder=1)
             ax.scatter(r["accuracy"], r["mean_l2"], marker=_marker(r["model"], models), s=46,
-                       facecolors="none" if hollow else c, edgecolors=c, linewidths=1.4)
+                       facecolors="none" if hollow else c, edgecolors=c, linewidths=1.4, zorder=2)
             if r["sigma"] is not None and (r["p_a"] is None or r["p_a"] <= 0.5):
                 ax.annotate(f"σ={r['sigma']:g}", (r["accuracy"], r["mean_l2"]), fontsize=6,
                             xytext=(3, 2), textcoords="offset points", color="0.35")
         ax.set_title(attack)
         ax.set_xlabel("accuracy (g_{σ,n}; f without RS)")
-        ax.set_ylabel("mean L2 distortion")
+        ax.set_ylabel("mean verified L2 distortion")
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], marker=_marker(m, models), ls="", color="k", mfc="none", label=m) for m in models]
     handles += [plt.Line2D([], [], marker="o", ls="", color="0.5", label="no RS")]
@@ -261,8 +315,8 @@ def plot_certified(run: Mapping[str, Any], path: str | os.PathLike) -> None:
 
 
 def plot_ratios(run: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Per-image distortion / certified radius (log scale), one column per setting, one panel per
-    attack; dashed line at 30 (the paper's 'at least 30x')."""
+    """Per-image verified distortion / certified radius (log scale), one column per setting, one
+    panel per attack; dashed line at 30 (the paper's 'at least 30x'), dotted at 1 (the radius)."""
     plt = _plt()
     ratios = distortion_ratios(run["records"])
     if not ratios:
@@ -273,7 +327,8 @@ def plot_ratios(run: Mapping[str, Any], path: str | os.PathLike) -> None:
         groups: dict[tuple, list[float]] = defaultdict(list)
         for r in ratios:
             if r["attack"] == attack:
-                groups[(r["model"], r["sigma"], r["n"], -1 if r["p_a"] is None else r["p_a"])].append(r["ratio"])
+                groups[(r["model"], r["sigma"], r["n"], -1 if r["p_a"] is None else r["p_a"],
+                        r["criterion"])].append(r["ratio"])
         keys = sorted(groups)
         rng = np.random.default_rng(0)
         for i, k in enumerate(keys):
@@ -283,9 +338,10 @@ def plot_ratios(run: Mapping[str, Any], path: str | os.PathLike) -> None:
         ax.axhline(30, ls="--", color="r", lw=1, label="30×")
         ax.set_yscale("log")
         ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels([f"{m[:4]} σ={s:g}\nn={n}" + ("" if pa < 0 else f" P={pa:g}") for m, s, n, pa in keys],
-                           rotation=90, fontsize=6)
-        ax.set_ylabel("L2 distortion / certified radius")
+        ax.set_xticklabels([f"{m[:4]} σ={s:g}\nn={n}" + ("" if pa < 0 else f" P={pa:g}") + f" {c[:3]}"
+                            for m, s, n, pa, c in keys], rotation=90, fontsize=6)
+        ax.axhline(1, ls=":", color="k", lw=1)
+        ax.set_ylabel("verified L2 distortion / certified radius")
         ax.set_title(attack)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
@@ -340,14 +396,151 @@ def sigma_drops(run: Mapping[str, Any], model: str = "standard") -> list[dict]:
              "drop": None if clean is None else clean - a["accuracy"]} for s, a in sorted(by_sigma.items())]
 
 
+def _csv(rows: Sequence[Mapping], columns: Sequence[str], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+
+
+def _protocol_section(run: Mapping[str, Any]) -> list[str]:
+    """What was measured: criterion actually used, reference label, P_a, m, certification n."""
+    from rsjax.theory import max_certified_radius
+
+    cfg = run["config"]
+    crits = sorted({r["criterion"] for r in run["records"]} - {"none"})
+    notes = {"label": "`label`: the attacker sees the deployed g_(σ,n) (one call = one plurality vote of n "
+                      "noisy copies, compared with the reference label)",
+             "level": "`level`: the paper's shortcut (a query counts as adversarial when at least ceil(n·P_a) "
+                      "of its n micro-decisions are wrong)"}
+    ref = cfg.get("reference", "true")
+    ref_text = (f"g_σ(x_o) from Cohen's PREDICT with n = {cfg.get('reference_n')}, α = {cfg.get('reference_alpha')} "
+                "(images on which it abstains or errs are not attacked: statuses `smoothed_abstain`, "
+                "`smoothed_wrong`)" if ref == "smoothed" else "the true label y (`--reference true`)")
+    n_cert, alpha = cfg.get("certify_n"), cfg.get("certify_alpha")
+    cap = max_certified_radius(int(n_cert), float(alpha)) if n_cert else None
+    wt = wall_time(run)
+    return [
+        f"# rsjax sweep report — preset `{cfg.get('preset')}`", "",
+        f"Data `{cfg.get('data')}`, architecture `{cfg.get('arch')}`, seed {cfg.get('seed')}; "
+        f"{cfg.get('n_images')} images, {cfg.get('max_queries')} queries per image and attack.", "",
+        "- Attacker's criterion: " + ("; ".join(notes[c] for c in crits) if crits else "none (no RS)") + ".",
+        f"- Reference label (eq. 4): {ref_text}.",
+        f"- Verified distortion: the evaluator (its calls never charged to the attack) tests the level "
+        f"P[g_(σ,n)(x) ≠ reference] ≥ P_a with at most m = {cfg.get('verify_calls')} calls per point "
+        f"(sequential Clopper–Pearson test, error ≤ {1 - float(cfg.get('verify_confidence', 0.95)):.2g}), first at "
+        f"the clean image (reaching P_a there: status `misclassified`, distortion 0), then at the attack's output "
+        f"x_a and, if it falls short, along x_o + t (x_a − x_o), t ≥ 1, to the smallest accepted t "
+        f"(relative bracket {cfg.get('verify_rel_tol')}); outputs whose ray never reaches P_a are `unverified`.",
+        f"- Levels P_a: {', '.join(f'{p:g}' for p in cfg.get('pas', []))}.",
+        f"- CERTIFY: n0 = {cfg.get('certify_n0')}, n = {n_cert}, α = {alpha} "
+        + (f"(largest certifiable radius {cap:.3g} σ)." if cap is not None else "."),
+        f"- Intervals: {100 * float(cfg.get('interval_confidence', 0.95)):g} % bootstrap over images (BCa).", "",
+        f"Wall time: {wt['wall_s']:.0f} s over {wt['runs']} start(s) of the sweep "
+        f"(device(s): {', '.join(run['env'].get('devices', [])) or '?'}).", ""]
+
+
+def _models_section(run: Mapping[str, Any]) -> list[str]:
+    if not run["models"]:
+        return []
+    mrows = []
+    for name, info in run["models"].items():
+        meta = info.get("metadata", {})
+        mrows.append({"model": name, "recipe": meta.get("recipe"), "settings": json.dumps(meta.get("recipe_settings")),
+                      "epochs": meta.get("epochs"), "test_accuracy (training log)": meta.get("test_accuracy"),
+                      "trained now": info.get("trained_now"), "train s": info.get("train_seconds")})
+    return ["## Models", "", markdown_table(mrows, list(mrows[0])), ""]
+
+
+def _accuracy_section(run: Mapping[str, Any]) -> list[str]:
+    md = []
+    drops = sigma_drops(run)
+    if drops:
+        md += ["## σ grid: accuracy drop of the standard model", "",
+               markdown_table(drops, ["sigma", "n", "clean", "rs_accuracy", "drop"]), ""]
+    acc_rows = accuracy_table(run)
+    if acc_rows:
+        md += ["## Accuracy (clean f, practical g_(σ,n), PREDICT)", "",
+               markdown_table(acc_rows, ["model", "sigma", "n", "num_images", "accuracy", "drop", "predict_accuracy",
+                                         "abstention_rate"]), ""]
+    return md
+
+
+def _certified_section(run: Mapping[str, Any], figs: Mapping[str, str]) -> list[str]:
+    from rsjax.smoothing import certified_accuracy
+
+    if not run["certify"]:
+        return []
+    md = ["## Certified accuracy (Fig. 4)", ""]
+    crow = []
+    for (m, s), (radii, ok) in certified_curves(run).items():
+        grid = [0.0, 0.25 * s, 0.5 * s, s, 2 * s]
+        ca = certified_accuracy(radii, ok, grid)
+        crow.append({"model": m, "sigma": s, "images": len(radii), **{f"r={g:.3g}": v for g, v in zip(grid, ca)},
+                     "median radius (correct)": float(np.median(radii[ok])) if ok.any() else None})
+    for s in sorted({r["sigma"] for r in crow}):  # different sigmas, different grids
+        sub = [r for r in crow if r["sigma"] == s]
+        md += [markdown_table(sub, list(sub[0])), ""]
+    if "fig4" in figs:
+        md += [f"![certified accuracy]({figs['fig4']})", ""]
+    return md
+
+
+ATTACK_TABLE = ["model", "sigma", "n", "p_a", "criterion", "attack", "images", "success_rate", "misclassified",
+                "unverified", "smoothed_wrong", "smoothed_abstain", "mean_l2", "mean_l2_low", "mean_l2_high",
+                "median_l2", "raw_mean_l2", "mean_raw_level", "accuracy", "mean_queries", "max_queries_used",
+                "mean_verification_calls", "median_ratio", "ratio_of_means", "frac_inside_radius",
+                "raw_frac_inside_radius"]
+
+
+def _attacks_section(rows: Sequence[Mapping], ratios: Sequence[Mapping], figs: Mapping[str, str]) -> list[str]:
+    md = []
+    if rows:
+        md += ["## Attacks: one row per setting (Fig. 5)", "",
+               "`mean_l2` [`_low`, `_high`]: mean verified L2 distortion over the images with a verified "
+               "adversarial (0 for `misclassified`), with its bootstrap interval; `raw_mean_l2`: the attacker's "
+               "own distortion of its output; `mean_raw_level`: the measured level at those outputs; "
+               "`accuracy`: g_(σ,n) at the same (model, σ, n) (f for no-RS rows); `mean_queries` / "
+               "`max_queries_used`: queries the attack spent; `median_ratio`: median per image of verified "
+               "distortion ÷ certified radius; `ratio_of_means`: mean distortion ÷ mean radius (Fig. 4/5 "
+               "reading); `frac_inside_radius`: verified distortions below the certified radius "
+               "(`raw_`: the attacker's).", "",
+               markdown_table(rows, ATTACK_TABLE), ""]
+        if "fig5" in figs:
+            md += [f"![distortion vs accuracy]({figs['fig5']})", ""]
+    if ratios:
+        md += ["## Verified distortion ÷ certified radius (per image)", "",
+               markdown_table(ratios, ["model", "sigma", "n", "p_a", "criterion", "attack", "images", "min", "q10",
+                                       "median", "mean", "frac_ge_30"]), ""]
+        if "ratio" in figs:
+            md += [f"![distortion over radius]({figs['ratio']})", ""]
+    return md
+
+
+def _findings_section(summary: Sequence[Mapping], comps: Sequence[Mapping]) -> list[str]:
+    if not comps:
+        return []
+    return ["## The paper's findings, from the verified distortions", "",
+            "Each comparison is a paired 95 % bootstrap interval of a mean difference of verified distortions "
+            "on the same images (or of the median ratio − 30); `holds` / `reversed`: the interval excludes 0 "
+            "on the claimed / the opposite side; `undecided`: it contains 0. Details in `findings.csv`.", "",
+            markdown_table(summary, ["finding", "statement", "comparisons", "holds", "reversed", "undecided",
+                                     "overall"]), ""]
+
+
+FINDINGS_COLUMNS = ["finding", "comparison", "images", "estimate", "low", "high", "verdict"]
+
+
 def write_report(out: str | os.PathLike) -> dict:
-    """Write ``summary.csv``, the figures and ``report.md`` into ``out``; returns what was written."""
+    """Write ``summary.csv``, ``distortion_over_radius.csv``, ``findings.csv``, the figures and
+    ``report.md`` into ``out``; returns what was written."""
+    from rsjax.findings import comparisons, summarize
+
     run = load_run(out)
     out = Path(out)
     rows = summary_rows(run)
-    written = {}
     write_summary_csv(rows, out / "summary.csv")
-    written["summary"] = out / "summary.csv"
     figs = {}
     if rows:
         plot_distortion_vs_accuracy(rows, out / "fig5_distortion_vs_accuracy.png")
@@ -359,76 +552,12 @@ def write_report(out: str | os.PathLike) -> dict:
         plot_ratios(run, out / "distortion_over_radius.png")
         figs["ratio"] = "distortion_over_radius.png"
     ratios = ratio_table(run)
-    with open(out / "distortion_over_radius.csv", "w", newline="") as f:
-        cols = ["model", "sigma", "n", "p_a", "attack", "images", "min", "q10", "median", "mean", "frac_ge_30"]
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in ratios:
-            w.writerow({k: ("" if r[k] is None else r[k]) for k in cols})
-    cfg = run["config"]
-    wt = wall_time(run)
-    md = [f"# rsjax sweep report — preset `{cfg.get('preset')}`", ""]
-    md.append(f"Data `{cfg.get('data')}`, architecture `{cfg.get('arch')}`, seed {cfg.get('seed')}; "
-              f"{cfg.get('n_images')} attacked images, {cfg.get('max_queries')} queries per image, "
-              f"criterion `{cfg.get('criterion')}` (a query counts as adversarial when at least "
-              f"ceil(n·P_a) of its n micro-decisions are wrong — the paper's shortcut) ; "
-              f"CERTIFY n0={cfg.get('certify_n0')}, n={cfg.get('certify_n')}, α={cfg.get('certify_alpha')}; "
-              f"level reached from {cfg.get('level_calls')} calls of g_(σ,n).")
-    md.append("")
-    md.append(f"Wall time: {wt['wall_s']:.0f} s over {wt['runs']} start(s) of the sweep "
-              f"(device(s): {', '.join(run['env'].get('devices', [])) or '?'}).")
-    md.append("")
-    if run["models"]:
-        md += ["## Models", ""]
-        mrows = []
-        for name, info in run["models"].items():
-            meta = info.get("metadata", {})
-            mrows.append({"model": name, "recipe": meta.get("recipe"), "settings": json.dumps(meta.get("recipe_settings")),
-                          "epochs": meta.get("epochs"), "test_accuracy (training log)": meta.get("test_accuracy"),
-                          "trained now": info.get("trained_now"), "train s": info.get("train_seconds")})
-        md += [markdown_table(mrows, list(mrows[0])), ""]
-    drops = sigma_drops(run)
-    if drops:
-        md += ["## σ grid: accuracy drop of the standard model", "",
-               markdown_table(drops, ["sigma", "n", "clean", "rs_accuracy", "drop"]), ""]
-    acc_rows = accuracy_table(run)
-    if acc_rows:
-        md += ["## Accuracy (clean f, practical g_(σ,n), PREDICT)", "",
-               markdown_table(acc_rows, ["model", "sigma", "n", "num_images", "accuracy", "drop", "predict_accuracy",
-                                         "abstention_rate"]), ""]
-    if run["certify"]:
-        md += ["## Certified accuracy (Fig. 4)", ""]
-        crow = []
-        for (m, s), (radii, ok) in certified_curves(run).items():
-            from rsjax.smoothing import certified_accuracy
-
-            grid = [0.0, 0.25 * s, 0.5 * s, s, 2 * s]
-            ca = certified_accuracy(radii, ok, grid)
-            crow.append({"model": m, "sigma": s, "images": len(radii), **{f"r={g:.3g}": v for g, v in zip(grid, ca)},
-                         "median radius (correct)": float(np.median(radii[ok])) if ok.any() else None})
-        # different sigmas have different grids: one table per sigma
-        for s in sorted({r["sigma"] for r in crow}):
-            sub = [r for r in crow if r["sigma"] == s]
-            md += [markdown_table(sub, list(sub[0])), ""]
-        if "fig4" in figs:
-            md += [f"![certified accuracy]({figs['fig4']})", ""]
-    if rows:
-        md += ["## Attacks: one row per setting (Fig. 5)", "",
-               "Mean/median L2 over images with a known adversarial point; `accuracy` is that of "
-               "g_(σ,n) at the same (model, σ, n) (f for the no-RS rows); `mean_level` is the "
-               "estimated P[g_(σ,n)(x_a) ≠ y] at the returned points.", "",
-               markdown_table(rows, ["model", "sigma", "n", "p_a", "attack", "images", "success_rate",
-                                     "mean_l2", "median_l2", "accuracy", "mean_level", "mean_evaluations",
-                                     "median_ratio"]), ""]
-        if "fig5" in figs:
-            md += [f"![distortion vs accuracy]({figs['fig5']})", ""]
-    if ratios:
-        md += ["## Practical distortion ÷ certified radius (per image)", "",
-               markdown_table(ratios, ["model", "sigma", "n", "p_a", "attack", "images", "min", "q10", "median",
-                                       "mean", "frac_ge_30"]), ""]
-        if "ratio" in figs:
-            md += [f"![distortion over radius]({figs['ratio']})", ""]
+    _csv(ratios, ["model", "sigma", "n", "p_a", "criterion", "attack", "images", "min", "q10", "median", "mean",
+                  "frac_ge_30"], out / "distortion_over_radius.csv")
+    comps = comparisons(run["records"], float(run["config"].get("interval_confidence", 0.95)))
+    _csv(comps, FINDINGS_COLUMNS, out / "findings.csv")
+    md = (_protocol_section(run) + _models_section(run) + _accuracy_section(run) + _certified_section(run, figs)
+          + _findings_section(summarize(comps), comps) + _attacks_section(rows, ratios, figs))
     (out / "report.md").write_text("\n".join(md) + "\n")
-    written["report"] = out / "report.md"
-    written["figures"] = figs
-    return written
+    return {"summary": out / "summary.csv", "report": out / "report.md", "findings": out / "findings.csv",
+            "figures": figs}

@@ -71,12 +71,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -86,13 +87,16 @@ from rsjax.cache import cache_dir, enable_compilation_cache  # noqa: F401  (re-e
 from rsjax.errors import InputError
 from rsjax.xla_options import jit
 
-STREAM_ACCURACY, STREAM_CERTIFY, STREAM_ATTACK, STREAM_LEVEL = 1, 2, 3, 4
+STREAM_ACCURACY, STREAM_CERTIFY, STREAM_ATTACK, STREAM_REFERENCE, STREAM_VERIFY = 1, 2, 3, 5, 6
 CRITERIA = ("level", "label")
+REFERENCES = ("smoothed", "true")
+STATUS_SMOOTHED_ABSTAIN, STATUS_SMOOTHED_WRONG, STATUS_UNVERIFIED = "smoothed_abstain", "smoothed_wrong", "unverified"
 CRITERION_NOTES = {
     "none": "no randomized smoothing: the oracle is the base classifier f (adversarial iff f(x) != y)",
     "level": "the authors' shortcut: a query counts as adversarial when at least k = ceil(n * P_a) "
              "of its n micro-decisions f(x + sigma N_j) differ from the true label",
-    "label": "the voted label of g_{sigma,n} (plurality, lowest-index ties) differs from the true label",
+    "label": "the voted label of g_{sigma,n} (plurality, lowest-index ties) differs from the reference label "
+             "(one call, one answer: the deployed classifier)",
 }
 
 
@@ -349,8 +353,11 @@ class AttackPrograms:
     on several devices."""
 
     def __init__(self, attack, apply_fn: Callable, num_classes: int, kind: str, mesh=None,
-                 chunk_size: int = 2048, noise: str = "hash", eval_rows: int | None = None):
+                 chunk_size: int = 2048, noise: str = "hash", eval_rows: int | None = None,
+                 check_clean: bool = True):
         self.attack = attack
+        self.attack_num_classes = num_classes
+        self.check_clean = check_clean
         self.kind = kind
         self.mesh = mesh
         self.devices = [None] if mesh is None else list(mesh.devices.flat)
@@ -362,7 +369,7 @@ class AttackPrograms:
                                rows=env.x.shape[0], eval_rows=eval_rows)
 
         def start(params, env):
-            return attack.start_batch(oracle_of(params, env), env)
+            return attack.start_batch(oracle_of(params, env), env, check_clean)
 
         def chunk(params, env, core, extra):
             return attack.advance(oracle_of(params, env), env, core, extra)
@@ -482,7 +489,11 @@ class SweepConfig:
     sigmas: tuple[float, ...] = (0.55, 0.8)
     ns: tuple[int, ...] = (1, 5, 10)
     pas: tuple[float, ...] = (0.5, 0.8)
-    criterion: str = "level"
+    criterion: str = "label"
+    level_ns: tuple[int, ...] = ()
+    reference: str = "smoothed"
+    reference_n: int = 1000
+    reference_alpha: float = 0.001
     attacks: tuple[str, ...] = ("hsja", "surfree", "rays")
     attack_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     max_queries: int = 1000
@@ -496,8 +507,11 @@ class SweepConfig:
     certify_n0: int = 100
     certify_n: int = 10_000
     certify_alpha: float = 0.001
-    level_calls: int = 100
-    level_confidence: float = 0.95
+    verify_calls: int = 100
+    verify_confidence: float = 0.95
+    verify_power: float = 0.95
+    verify_rel_tol: float = 0.01
+    interval_confidence: float = 0.95
     noise: str = "hash"
     vote_chunk: int = 2048
     seed: int = 0
@@ -522,8 +536,11 @@ class SweepConfig:
                 raise InputError(f"model {m.name!r} needs a recipe or a checkpoint")
             for s in self.model_sigmas(m):
                 check_positive(f"sigma of model {m.name!r}", s)
-        for n in self.ns + self.eval_ns:
+        for n in self.ns + self.eval_ns + self.level_ns:
             check_int_at_least("n", n, 1)
+        if self.reference not in REFERENCES:
+            raise InputError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
+        self.verify_config()
         for p in self.pas:
             check_open_unit("P_a", p)
         if self.criterion not in CRITERIA:
@@ -534,12 +551,20 @@ class SweepConfig:
         for name, v in (("max_queries", self.max_queries), ("n_images", self.n_images),
                         ("attack_batch", self.attack_batch), ("eval_images", self.eval_images),
                         ("certify_images", self.certify_images), ("certify_n0", self.certify_n0),
-                        ("certify_n", self.certify_n), ("level_calls", self.level_calls)):
+                        ("certify_n", self.certify_n), ("reference_n", self.reference_n)):
             check_int_at_least(name, v, 1)
         for name, v in (("predict_alpha", self.predict_alpha), ("certify_alpha", self.certify_alpha),
-                        ("level_confidence", self.level_confidence)):
+                        ("reference_alpha", self.reference_alpha),
+                        ("interval_confidence", self.interval_confidence)):
             check_open_unit(name, v)
         return self
+
+    def verify_config(self):
+        """The evaluator's settings (:class:`rsjax.verify.VerifyConfig`)."""
+        from rsjax.verify import VerifyConfig
+
+        return VerifyConfig(calls=self.verify_calls, confidence=self.verify_confidence, power=self.verify_power,
+                            rel_tol=self.verify_rel_tol).validate()
 
 
 def fmnist_models(sigma_train: float, eps: float, epochs: int | None = None, pgd_epochs: int | None = None,
@@ -596,13 +621,15 @@ def _default() -> SweepConfig:
         sigmas=(0.55, 0.8),
         ns=(1, 5, 10),
         pas=(0.5, 0.8),
+        criterion="label",
+        level_ns=(10,),
         max_queries=500,
         n_images=50,
         eval_images=2000,
         eval_ns=(1, 5, 10, 100),
         certify_images=300,
-        certify_n=2000,
-        level_calls=100,
+        certify_n=10_000,
+        verify_calls=100,
     )
 
 
@@ -617,6 +644,9 @@ def _smoke() -> SweepConfig:
         sigmas=(0.25,),
         ns=(1, 5),
         pas=(0.5, 0.8),
+        criterion="label",
+        level_ns=(5,),
+        reference_n=100,
         attacks=("hsja", "surfree", "rays"),
         attack_options={"hsja": {"init_num_evals": 10, "probe_batch": 10}},
         max_queries=60,
@@ -627,7 +657,7 @@ def _smoke() -> SweepConfig:
         certify_images=8,
         certify_n0=10,
         certify_n=100,
-        level_calls=10,
+        verify_calls=20,
     )
 
 
@@ -641,6 +671,8 @@ def _full() -> SweepConfig:
         sigmas=(0.55, 0.8),
         ns=(1, 10, 30, 100),
         pas=(0.5, 0.8),
+        criterion="label",
+        level_ns=(10,),
         max_queries=2000,
         n_images=200,
         attack_batch=128,
@@ -648,7 +680,7 @@ def _full() -> SweepConfig:
         eval_ns=(1, 10, 30, 100, 1000),
         certify_images=500,
         certify_n=100_000,
-        level_calls=200,
+        verify_calls=200,
     )
 
 
@@ -673,7 +705,7 @@ def config_from_dict(d: Mapping[str, Any]) -> SweepConfig:
     """Inverse of :meth:`SweepConfig.to_dict` (for re-running or resuming from ``config.json``)."""
     d = dict(d)
     d["models"] = tuple(ModelEntry(**{**m, "sigmas": _tup(m.get("sigmas"))}) for m in d["models"])
-    for k in ("sigmas", "ns", "pas", "attacks", "eval_ns"):
+    for k in ("sigmas", "ns", "pas", "attacks", "eval_ns", "level_ns"):
         d[k] = tuple(d[k])
     return SweepConfig(**d)
 
@@ -753,8 +785,9 @@ def config_input_shape(config: SweepConfig, clf) -> tuple:
 # =============================================================================================
 @dataclass(frozen=True)
 class Setting:
-    """One attack setting: ``sigma``/``n``/``p_a`` are None for the no-RS baseline
-    (criterion 'none'); ``p_a`` is None when it does not matter (n = 1, or criterion 'label')."""
+    """One reported setting (a record's identity): ``sigma``/``n``/``p_a`` are None for the
+    no-RS baseline (criterion 'none'). ``p_a`` is the level at which the attack's outputs are
+    verified (eq. (4)); with criterion 'level' it is also the attacker's shortcut level."""
 
     model: str
     sigma: float | None
@@ -765,7 +798,7 @@ class Setting:
 
     @property
     def k_wrong(self) -> int | None:
-        """Wrong micro-decisions that make a point adversarial ('level'): ceil(n * P_a), 1 for n = 1."""
+        """Wrong micro-decisions that make a query adversarial ('level'): ceil(n * P_a), 1 for n = 1."""
         from rsjax.theory import level_wrong_count
 
         if self.criterion != "level":
@@ -780,22 +813,66 @@ class Setting:
         if self.criterion == "none":
             return f"{self.model} no-RS {self.attack}"
         pa = "" if self.p_a is None else f" Pa={self.p_a:g}"
-        return f"{self.model} s={self.sigma:g} n={self.n}{pa} {self.attack}"
+        return f"{self.model} s={self.sigma:g} n={self.n}{pa} {self.criterion} {self.attack}"
+
+
+@dataclass(frozen=True)
+class AttackRun:
+    """One attack run and the settings its outputs are verified at: the attacker sees the oracle
+    of ``criterion`` ('none': f; 'label': the deployed g_{sigma,n}; 'level': the shortcut with
+    ``k_wrong``); every output is verified at each level of ``pas`` (one :class:`Setting` each).
+    A 'label' run is verified at every P_a of the grid, so P_a does not multiply attack runs."""
+
+    model: str
+    sigma: float | None
+    n: int | None
+    criterion: str
+    attack: str
+    k_wrong: int | None
+    pas: tuple
+
+    def settings(self) -> list[Setting]:
+        return [Setting(self.model, self.sigma, self.n, pa, self.criterion, self.attack) for pa in self.pas]
+
+    def label(self) -> str:
+        if self.criterion == "none":
+            return f"{self.model} no-RS {self.attack}"
+        k = "" if self.k_wrong is None else f" k={self.k_wrong}"
+        return f"{self.model} s={self.sigma:g} n={self.n} {self.criterion}{k} {self.attack}"
+
+
+def _level_runs(model: str, sigma: float, n: int, pas: Sequence[float], attack: str) -> list[AttackRun]:
+    """'level' runs at (sigma, n): one per distinct k = ceil(n P_a) (n = 1: k = 1 for every P_a,
+    so one run verified at every P_a)."""
+    by_k: dict[int, list[float]] = {}
+    for pa in pas:
+        by_k.setdefault(Setting(model, sigma, n, pa, "level", attack).k_wrong, []).append(float(pa))
+    return [AttackRun(model, sigma, n, "level", attack, k, tuple(v)) for k, v in by_k.items()]
+
+
+def enumerate_runs(config: SweepConfig) -> list[AttackRun]:
+    """Every attack run of the sweep, in run order: per model the baselines, then per sigma and n
+    the runs of ``criterion`` and, with criterion 'label', the 'level' shortcut runs at
+    ``level_ns`` (the paper's simulation, kept for comparison)."""
+    out: list[AttackRun] = []
+    pas = tuple(float(p) for p in config.pas)
+    for m in config.models:
+        if config.baseline:
+            out += [AttackRun(m.name, None, None, "none", a, None, (None,)) for a in config.attacks]
+        for s in config.model_sigmas(m):
+            s = float(s)
+            for n in sorted(set(config.ns) | (set(config.level_ns) if config.criterion == "label" else set())):
+                for a in config.attacks:
+                    if config.criterion == "label" and n in config.ns:
+                        out.append(AttackRun(m.name, s, int(n), "label", a, None, pas))
+                    if config.criterion == "level" or n in config.level_ns:
+                        out += _level_runs(m.name, s, int(n), pas, a)
+    return out
 
 
 def enumerate_settings(config: SweepConfig) -> list[Setting]:
-    """Every attack setting of the sweep, in run order (per model: baselines, then sigma, n, P_a,
-    attack). n = 1 and criterion 'label' are run once with p_a None."""
-    out = []
-    for m in config.models:
-        if config.baseline:
-            out += [Setting(m.name, None, None, None, "none", a) for a in config.attacks]
-        for s in config.model_sigmas(m):
-            for n in config.ns:
-                pas = (None,) if (n == 1 or config.criterion == "label") else tuple(config.pas)
-                for pa in pas:
-                    out += [Setting(m.name, float(s), int(n), pa, config.criterion, a) for a in config.attacks]
-    return out
+    """Every reported setting of the sweep (the settings of :func:`enumerate_runs`, in order)."""
+    return [st for run in enumerate_runs(config) for st in run.settings()]
 
 
 def attack_record_key(setting: Setting, image: int) -> str:
@@ -921,40 +998,226 @@ def certify_records(name: str, clf, images: np.ndarray, labels: np.ndarray, ids:
             for i, p, r in zip(ids, res.predictions, res.radii)]
 
 
+def reference_records(name: str, clf, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, sigma: float,
+                      config: SweepConfig) -> list[dict]:
+    """The reference label of eq. (4), g_sigma(x_o), estimated by Cohen's PREDICT with
+    ``reference_n`` samples at ``reference_alpha`` for the images ``ids`` (one record each):
+    status 'ok' (= the true label), 'smoothed_abstain' or 'smoothed_wrong'."""
+    from rsjax.results import record_key
+    from rsjax.smoothing import ABSTAIN, votes
+
+    t0 = time.perf_counter()
+    keys = _image_keys(stream_key(config.seed, STREAM_REFERENCE), ids)
+    counts = []
+    for lo in range(0, len(ids), 256):
+        res = votes(clf.logits_fn, images[ids[lo:lo + 256]], keys[lo:lo + 256], sigma, config.reference_n,
+                    clf.num_classes, chunk_size=config.vote_chunk, noise=config.noise)
+        counts.append(np.asarray(res.counts))
+    counts = np.concatenate(counts)
+    pred = predict_labels(counts, config.reference_n, config.reference_alpha)
+    dt = (time.perf_counter() - t0) / max(len(ids), 1)
+    out = []
+    for i, p, c in zip(ids, pred, counts):
+        status = "ok" if p == labels[i] else (STATUS_SMOOTHED_ABSTAIN if p == ABSTAIN else STATUS_SMOOTHED_WRONG)
+        out.append({"key": record_key(kind="reference", model=name, sigma=float(sigma), image=int(i)),
+                    "kind": "reference", "model": name, "sigma": float(sigma), "image": int(i),
+                    "label": int(labels[i]), "prediction": int(p), "status": status,
+                    "top_count": int(c.max()), "n": config.reference_n, "alpha": config.reference_alpha,
+                    "seconds": dt})
+    return out
+
+
+class VerifyPrograms:
+    """The evaluator's ``decide`` for one (architecture, oracle kind), compiled once: one call of
+    g_{sigma,n} ('label': plurality != reference) or of f ('none') per point, with the sweep's
+    traced parameters (:class:`ParamOracle`), in blocks of a fixed number of points."""
+
+    def __init__(self, apply_fn: Callable, num_classes: int, kind: str, chunk_size: int, noise: str,
+                 eval_rows: int | None):
+        def decide(params, x, y, keys, active):
+            oracle = ParamOracle(apply_fn, params, num_classes, kind, chunk_size=chunk_size, noise=noise,
+                                 eval_rows=eval_rows)
+            return oracle.decide(x, y, keys, active).adversarial
+
+        self.kind = kind
+        self._fn = jit(decide)
+
+    def decider(self, params: OracleParams):
+        """``decide(points, refs, keys, active)`` of :data:`rsjax.verify.DecideFn` for ``params``."""
+        def decide(pts, refs, keys, active):
+            return np.asarray(self._fn(params, jnp.asarray(pts), jnp.asarray(refs, jnp.int32), keys,
+                                       jnp.asarray(active)))
+        return decide
+
+
 L2_AT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 
-def attack_records(setting: Setting, result, labels: np.ndarray, ids: np.ndarray,
-                   certified: Mapping[int, dict] | None, level, config: SweepConfig, seconds: float) -> list[dict]:
-    """One record per image of an :class:`rsjax.attacks.AttackResult` (see module docstring)."""
-    out = []
-    checkpoints = sorted({max(1, int(round(f * config.max_queries))) for f in L2_AT_FRACTIONS})
-    l2_at = {q: result.distortion_at(q, "l2") for q in checkpoints}
-    for row, i in enumerate(ids):
-        i = int(i)
-        cert = (certified or {}).get(i)
-        rec = {
-            "key": attack_record_key(setting, i), "kind": "attack", **setting.fields(),
+@dataclass
+class BatchOutcome:
+    """Everything measured for one batch of images of one :class:`AttackRun` (host arrays over
+    the batch's images ``ids``; ``clean[pa]`` and ``ver[pa]`` per verification level)."""
+
+    ids: np.ndarray
+    reference: np.ndarray  # [B] the label the criterion compared against
+    reference_status: np.ndarray  # [B] 'ok', 'smoothed_abstain', 'smoothed_wrong'
+    attacked: np.ndarray  # [B] bool: the attack ran on the image
+    result: Any  # AttackResult over the attacked images (None if none)
+    clean: dict  # pa -> dict of [B] arrays (level test at x_o), RS only
+    ver: dict  # pa -> Verification over [B] (rows of unattacked images meaningless)
+    seconds: float
+
+
+def _record_base(setting: Setting, i: int, label: int, config: SweepConfig, seconds: float) -> dict:
+    return {"key": attack_record_key(setting, i), "kind": "attack", **setting.fields(),
             "k_wrong": setting.k_wrong, "criterion_note": CRITERION_NOTES[setting.criterion],
-            "image": i, "label": int(labels[i]), "status": str(result.status[row]),
-            "success": bool(result.success[row]), "l2": float(result.l2[row]), "linf": float(result.linf[row]),
-            "queries": int(result.queries[row]), "evaluations": int(result.evaluations[row]),
-            "max_queries": int(result.max_queries), "steps": int(result.steps[row]),
-            "l2_at": {str(q): float(v[row]) for q, v in l2_at.items()},
-            "radius": None if cert is None else cert["radius"],
-            "certify_prediction": None if cert is None else cert["prediction"],
-            "certify": None if cert is None else {"n0": cert["n0"], "n": cert["n"], "alpha": cert["alpha"]},
-            "seconds": seconds,
-        }
-        if level is None:  # deterministic oracle: the level is 1 where an adversarial is known
-            lv = 1.0 if rec["success"] else 0.0
-            rec.update(level=lv, level_low=lv, level_high=lv, level_calls=0, level_confidence=None)
-        else:
-            rec.update(level=float(level.level[row]), level_low=float(level.low[row]),
-                       level_high=float(level.high[row]), level_calls=int(level.calls),
-                       level_confidence=config.level_confidence)
-        out.append(rec)
-    return out
+            "reference_kind": config.reference if setting.criterion != "none" else "true",
+            "image": int(i), "label": int(label), "max_queries": int(config.max_queries), "seconds": seconds}
+
+
+def attack_records(run: AttackRun, out: BatchOutcome, labels: np.ndarray, certified: Mapping[int, dict] | None,
+                   config: SweepConfig) -> list[dict]:
+    """One record per image x setting of ``run`` (see the module docstring): the attacker's raw
+    outcome (``status`` of the attack, ``l2``, ``linf``, queries, evaluations, trace) and the
+    evaluator's verification at the setting's P_a (``verified_*``, ``verification_calls``).
+
+    Final ``status``: 'smoothed_abstain' / 'smoothed_wrong' (not attacked: no reference label,
+    or g_sigma already wrong), 'misclassified' (the clean image's measured level reaches P_a:
+    verified distortion 0), 'attacked' (verified), 'unverified' (no point of the ray reached
+    P_a), 'no_start' (the attack found no starting point). ``success`` = a verified adversarial
+    (distortion 0 included) is known."""
+    res = out.result
+    checkpoints = sorted({max(1, int(round(f * config.max_queries))) for f in L2_AT_FRACTIONS})
+    l2_at = {q: res.distortion_at(q, "l2") for q in checkpoints} if res is not None else {}
+    row_of = {int(i): r for r, i in enumerate(res.image_ids)} if res is not None else {}
+    recs = []
+    for st in run.settings():
+        for b, i in enumerate(out.ids):
+            i = int(i)
+            rec = _record_base(st, i, labels[i], config, out.seconds)
+            rec["reference"] = int(out.reference[b])
+            cert = (certified or {}).get(i)
+            rec.update(radius=None if cert is None else cert["radius"],
+                       certify_prediction=None if cert is None else cert["prediction"],
+                       certify=None if cert is None else {"n0": cert["n0"], "n": cert["n"], "alpha": cert["alpha"]})
+            raw = {"l2": None, "linf": None, "queries": 0, "evaluations": 0, "steps": 0, "l2_at": None,
+                   "attack_status": None}
+            r = row_of.get(i)
+            if r is not None:
+                raw = {"l2": float(res.l2[r]), "linf": float(res.linf[r]), "queries": int(res.queries[r]),
+                       "evaluations": int(res.evaluations[r]), "steps": int(res.steps[r]),
+                       "l2_at": {str(q): float(v[r]) for q, v in l2_at.items()},
+                       "attack_status": str(res.status[r])}
+            rec.update(raw)
+            rec.update(clean_level=None, clean_level_low=None, clean_level_high=None, clean_calls=0)
+            if st.p_a in out.clean:
+                c = out.clean[st.p_a]
+                rec.update(clean_level=float(c["level"][b]), clean_level_low=float(c["level_low"][b]),
+                           clean_level_high=float(c["level_high"][b]), clean_calls=int(c["calls"][b]))
+            rec.update(_verified_fields(st, out, b, r, rec))
+            recs.append(rec)
+    return recs
+
+
+def _verified_fields(st: Setting, out: BatchOutcome, b: int, r: int | None, rec: dict) -> dict:
+    """Status, success and the verified_* fields of one record (see :func:`attack_records`)."""
+    none = {"verified_l2": None, "verified_linf": None, "verified_level": None, "verified_level_low": None,
+            "verified_level_high": None, "verified_t": None, "verify_tests": 0, "accept_level": None,
+            "raw_level": None, "raw_level_calls": 0}
+    calls = int(rec["clean_calls"])
+    if out.reference_status[b] != "ok":
+        return {**none, "status": str(out.reference_status[b]), "success": False, "verification_calls": calls}
+    c = out.clean.get(st.p_a)
+    if c is not None and c["accepted"][b]:
+        return {**none, "status": "misclassified", "success": True, "verified_l2": 0.0, "verified_linf": 0.0,
+                "verified_level": rec["clean_level"], "verified_level_low": rec["clean_level_low"],
+                "verified_level_high": rec["clean_level_high"], "verified_t": 0.0, "verification_calls": calls}
+    attack_status = rec["attack_status"]
+    if r is None or attack_status == "no_start":
+        return {**none, "status": "no_start", "success": False, "verification_calls": calls}
+    if attack_status == "misclassified":  # deterministic f only (no RS): one call said so
+        return {**none, "status": "misclassified", "success": True, "verified_l2": 0.0, "verified_linf": 0.0,
+                "verified_level": 1.0, "verified_level_low": 1.0, "verified_level_high": 1.0,
+                "verified_t": 0.0, "verification_calls": calls}
+    v = out.ver[st.p_a]
+    ok = bool(v.verified[b])
+    return {"status": "attacked" if ok else STATUS_UNVERIFIED, "success": ok,
+            "verified_l2": float(v.l2[b]) if ok else None, "verified_linf": float(v.linf[b]) if ok else None,
+            "verified_level": float(v.level[b]), "verified_level_low": float(v.level_low[b]),
+            "verified_level_high": float(v.level_high[b]), "verified_t": float(v.t[b]) if ok else None,
+            "verify_tests": int(v.tests[b]), "accept_level": float(v.accept_level[b]),
+            "raw_level": float(v.raw_level[b]), "raw_level_calls": int(v.raw_level_calls[b]),
+            "verification_calls": calls + int(v.calls[b])}
+
+
+def measure_batch(run: AttackRun, ids: np.ndarray, images: np.ndarray, labels: np.ndarray,
+                  references: tuple[np.ndarray, np.ndarray], programs: "AttackPrograms", params: OracleParams,
+                  decide: Callable, attack_root: jax.Array, verify_root: jax.Array, vcfg,
+                  config: SweepConfig) -> BatchOutcome:
+    """Attack and verify one batch of images for one run (the protocol of eq. (4)):
+
+    1. images whose reference status is not 'ok' (PREDICT abstains, or g_sigma is wrong) are
+       left out;
+    2. under RS the evaluator tests each remaining clean image at every P_a of the run
+       (:func:`rsjax.verify.level_at_points`); an image whose clean level reaches every P_a is
+       not attacked (it is 'misclassified' at distortion 0 with its measured level);
+    3. the attacker attacks the others against the reference label (under RS without the
+       single clean query: the evaluator decided that);
+    4. the evaluator verifies each output at each P_a (:func:`rsjax.verify.verify_rays`); its
+       calls are its own, never charged to the attack's budget."""
+    from rsjax.verify import level_at_points, verify_rays
+
+    rs = run.criterion != "none"
+    ref, ref_status = references
+    ok = np.asarray(ref_status == "ok", bool)
+    x = images[ids]
+    clean: dict = {}
+    todo = ok.copy()
+    if rs:
+        reached = np.ones(len(ids), bool)
+        for pa in run.pas:
+            sel = np.flatnonzero(ok)
+            res = level_at_points(decide, x[sel], ref[sel], pa, ids[sel], verify_root, vcfg,
+                                  interval_confidence=config.interval_confidence)
+            full = {k: np.zeros(len(ids), v.dtype) for k, v in res.items()}
+            for k, v in res.items():
+                full[k][sel] = v
+            clean[pa] = full
+            reached &= full["accepted"]
+        todo &= ~reached
+    result = None
+    sel = np.flatnonzero(todo)
+    if len(sel):
+        result = run_attack(programs, params, programs.attack_num_classes, x[sel], ref[sel], ids[sel], attack_root,
+                            config.max_queries, config.attack_batch)
+    ver: dict = {}
+    found = np.zeros(len(ids), bool)
+    x_adv = x.copy()
+    if result is not None:
+        found[sel] = result.success
+        x_adv[sel] = result.x_adv
+    for pa in run.pas:
+        need = found & ~(clean[pa]["accepted"] if pa in clean else np.zeros(len(ids), bool))
+        idx = np.flatnonzero(need)
+        v = verify_rays(decide, x[idx], x_adv[idx], ref[idx], 0.5 if pa is None else pa, ids[idx], verify_root,
+                        vcfg, deterministic=not rs, interval_confidence=config.interval_confidence)
+        ver[pa] = _scatter_verification(v, idx, len(ids))
+    return BatchOutcome(ids, ref, ref_status, todo, result, clean, ver, 0.0)
+
+
+def _scatter_verification(v, idx: np.ndarray, size: int):
+    """A :class:`rsjax.verify.Verification` over ``size`` rows with ``v``'s rows at ``idx``
+    (other rows: not verified, zero calls)."""
+    fields = {}
+    for name, a in v._asdict().items():
+        fill = np.zeros((size,) + a.shape[1:], a.dtype)
+        if name in ("l2", "linf"):
+            fill[:] = np.inf
+        if name == "t":
+            fill[:] = np.nan
+        fill[idx] = a
+        fields[name] = fill
+    return type(v)(**fields)
 
 
 # =============================================================================================
@@ -1004,7 +1267,6 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
     ``max_tasks`` stops after that many newly computed tasks (for tests and partial runs)."""
     from rsjax.attacks import get_attack
     from rsjax.data import load_dataset
-    from rsjax.oracle import SmoothedOracle, level_of
     from rsjax.results import RecordStore, dumps, environment_info, open_run_dir
 
     config.validate()
@@ -1038,6 +1300,7 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
 
     acc_store = RecordStore(out / "accuracy.jsonl")
     cert_store = RecordStore(out / f"certify{suffix}.jsonl")
+    ref_store = RecordStore(out / f"reference{suffix}.jsonl")
     rec_store = RecordStore(out / f"records{suffix}.jsonl")
     from rsjax.results import record_key
 
@@ -1069,54 +1332,71 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
                     partial(lambda name, c, s_, ids_: cert_store.append(
                         certify_records(name, c, images, labels, ids_, s_, config)), m.name, clf, float(s), chunk))
 
-    settings = enumerate_settings(config)
+    runs_ = enumerate_runs(config)
     mesh = make_mesh() if jax.local_device_count() > 1 else None
     attacks = {a: get_attack(a, **dict(config.attack_options.get(a, {}))) for a in config.attacks}
     programs: dict[tuple[str, str, str], AttackPrograms] = {}
-    label_oracles: dict[tuple[str, float, int], Any] = {}
+    verifiers: dict[tuple[str, str], VerifyPrograms] = {}
     attack_root = stream_key(config.seed, STREAM_ATTACK)
-    level_root = stream_key(config.seed, STREAM_LEVEL)
+    verify_root = stream_key(config.seed, STREAM_VERIFY)
+    vcfg = config.verify_config()
+
+    if config.reference == "smoothed":
+        for m in config.models:
+            for s in config.model_sigmas(m):
+                done = all(record_key(kind="reference", model=m.name, sigma=float(s), image=int(i)) in ref_store
+                           for i in my_images)
+                add(f"reference {m.name} s={s:g}", len(my_images) * config.reference_n, done,
+                    partial(lambda name, c, s_: ref_store.append(reference_records(
+                        name, c, images, labels, my_images, s_, config)), m.name, classifiers[m.name], float(s)))
 
     def certified_of(name: str, sigma: float, ids) -> dict[int, dict]:
         want = {record_key(kind="certify", model=name, sigma=float(sigma), image=int(i)) for i in ids}
         return {r["image"]: r for r in cert_store if r["key"] in want}
 
-    def run_setting_batch(st: Setting, ids: np.ndarray) -> None:
-        clf = classifiers[st.model]
-        kind = st.criterion
-        pkey = (st.attack, clf.spec.name, kind)
+    def references_of(run: AttackRun, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if run.criterion == "none" or config.reference == "true":
+            return labels[ids].astype(np.int64), np.full(len(ids), "ok", dtype=object)
+        want = {record_key(kind="reference", model=run.model, sigma=float(run.sigma), image=int(i)): int(i)
+                for i in ids}
+        got = {want[r["key"]]: r for r in ref_store if r["key"] in want}
+        return (np.array([got[int(i)]["prediction"] for i in ids], np.int64),
+                np.array([got[int(i)]["status"] for i in ids], dtype=object))
+
+    def run_batch(run: AttackRun, ids: np.ndarray) -> None:
+        clf = classifiers[run.model]
+        kind = run.criterion
+        rs = kind != "none"
+        pkey = (run.attack, clf.spec.name, kind)
         if pkey not in programs:
-            programs[pkey] = AttackPrograms(attacks[st.attack], _apply_fn(clf), clf.num_classes, kind, mesh,
+            programs[pkey] = AttackPrograms(attacks[run.attack], _apply_fn(clf), clf.num_classes, kind, mesh,
                                             chunk_size=config.vote_chunk, noise=config.noise,
-                                            eval_rows=clf.forward_block)
-        params = OracleParams(clf.variables, jnp.float32(st.sigma or 1.0), jnp.int32(st.n or 1),
-                              jnp.int32(st.k_wrong or 1))
+                                            eval_rows=clf.forward_block, check_clean=not rs)
+        vkey = (clf.spec.name, "label" if rs else "none")
+        if vkey not in verifiers:
+            verifiers[vkey] = VerifyPrograms(_apply_fn(clf), clf.num_classes, vkey[1], config.vote_chunk,
+                                             config.noise, clf.forward_block)
+        params = OracleParams(clf.variables, jnp.float32(run.sigma or 1.0), jnp.int32(run.n or 1),
+                              jnp.int32(run.k_wrong or 1))
+        decide = verifiers[vkey].decider(params)
         t0 = time.perf_counter()
-        res = run_attack(programs[pkey], params, clf.num_classes, images[ids], labels[ids], ids, attack_root,
-                         config.max_queries, config.attack_batch)
-        level, cert = None, None
-        if st.criterion != "none":
-            lkey = (st.model, st.sigma, st.n)
-            if lkey not in label_oracles:
-                label_oracles[lkey] = SmoothedOracle(clf.logits_fn, clf.num_classes, st.sigma, st.n, "label",
-                                                     chunk_size=config.vote_chunk, noise=config.noise)
-            level = level_of(label_oracles[lkey], res.x_adv, labels[ids], level_root, calls=config.level_calls,
-                             confidence=config.level_confidence, image_ids=ids)
-            cert = certified_of(st.model, st.sigma, ids)
-        seconds = (time.perf_counter() - t0) / len(ids)
-        rec_store.append(attack_records(st, res, labels, ids, cert, level, config, seconds))
+        out = measure_batch(run, ids, images, labels, references_of(run, ids), programs[pkey], params, decide,
+                            attack_root, verify_root, vcfg, config)
+        out.seconds = (time.perf_counter() - t0) / len(ids)
+        cert = certified_of(run.model, run.sigma, ids) if rs else None
+        rec_store.append(attack_records(run, out, labels, cert, config))
 
     # attack tasks run cheapest first (stable order otherwise), so an interrupted sweep already
     # covers every model and sigma at small n; the order changes no number
     attack_tasks = []
-    for st in settings:
+    for run in runs_:
         for ids in batches(my_images, config.attack_batch):
-            done = all(attack_record_key(st, i) in rec_store for i in ids)
-            n = st.n or 1
+            done = all(attack_record_key(st, i) in rec_store for st in run.settings() for i in ids)
+            n = run.n or 1
             cost = len(ids) * config.max_queries * (0.5 * n + 20)
-            if st.criterion != "none":
-                cost += len(ids) * config.level_calls * n
-            attack_tasks.append((f"{st.label()} [{len(ids)} images]", cost, done, partial(run_setting_batch, st, ids)))
+            if run.criterion != "none":
+                cost += len(ids) * len(run.pas) * config.verify_calls * n * 3
+            attack_tasks.append((f"{run.label()} [{len(ids)} images]", cost, done, partial(run_batch, run, ids)))
     for t in sorted(attack_tasks, key=lambda t: t[1]):
         add(*t)
 

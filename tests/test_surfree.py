@@ -208,9 +208,10 @@ def test_config_validation_names_bad_value():
     with pytest.raises(InputError, match="theta_max"):
         SurFree(theta_max=95.0)
     assert isinstance(get_attack("surfree"), SurFree)
-    c = SurFree().config  # the authors' standalone class defaults
+    c = SurFree().config  # the authors' standalone class defaults, steps derived from the budget
     assert (c.steps, c.bs_gamma, c.bs_max_iteration, c.theta_max, c.n_ortho, c.rho, c.T) == (
-        100, 0.01, 7, 30.0, 100, 0.95, 1)
+        None, 0.01, 7, 30.0, 100, 0.95, 1)
+    assert SurFree(steps=100).config.steps == 100
     assert c.quantization and c.clip and c.final_line_search and c.with_alpha_line_search
     assert (c.basis_function, tuple(c.frequency_range)) == ("tanh", (0.0, 0.5))
 
@@ -229,6 +230,18 @@ def test_linear_converges_to_hyperplane_distance_within_1_percent(linear):
     assert (ratio >= 1.0 - 1e-5).all() and (ratio <= 1.01).all(), ratio
     s = res.x_adv.reshape(len(x), -1).astype(np.float64) @ w.ravel().astype(np.float64) + b
     assert (s <= 1e-5).all()  # on or beyond the hyperplane (float32 rounding at the boundary)
+
+
+def test_default_steps_use_the_whole_budget(linear):
+    """steps=None: a budget larger than the authors' 100 steps need is spent to the last query
+    (final line search included); steps=100 stops early, as the authors' code does."""
+    oracle, x, y, d, w, b = linear
+    x, y = x[:2], y[:2]
+    full = SurFree().run(oracle, x, y, 0, 1500)
+    capped = SurFree(steps=100).run(oracle, x, y, 0, 1500)
+    assert (full.queries == 1500).all(), full.queries
+    assert (capped.queries < 1000).all(), capped.queries
+    assert (full.l2 <= capped.l2 + 1e-6).all()
 
 
 def test_default_config_linear_returns_queried_adversarials_and_is_batch_invariant(linear, default_attack):

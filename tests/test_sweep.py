@@ -28,23 +28,28 @@ TIMING_FIELDS = {"seconds"}
 
 # ------------------------------------------------------------------------------------ grid
 
-def test_settings_grid_no_duplicate_pa_for_n1():
-    cfg = dataclasses.replace(sweep.preset("default"), ns=(1, 10), pas=(0.5, 0.8), attacks=("hsja", "rays"))
+def test_runs_grid_label_verified_at_every_pa_and_level_shortcut():
+    cfg = dataclasses.replace(sweep.preset("default"), ns=(1, 10), pas=(0.5, 0.8), attacks=("hsja", "rays"),
+                              criterion="label", level_ns=(10,))
+    runs = sweep.enumerate_runs(cfg)
     st = sweep.enumerate_settings(cfg)
-    keys = [(s.model, s.sigma, s.n, s.p_a, s.attack) for s in st]
+    keys = [(s.model, s.sigma, s.n, s.p_a, s.criterion, s.attack) for s in st]
     assert len(keys) == len(set(keys))
-    n1 = [s for s in st if s.n == 1]
-    assert n1 and all(s.p_a is None and s.k_wrong == 1 for s in n1)
-    # per model: 2 baselines + per sigma of that model (n=1 once + n=10 at 2 P_a) * 2 attacks
-    expected = sum(2 + len(cfg.model_sigmas(m)) * 3 * 2 for m in cfg.models)
-    assert len(st) == expected
-    assert {m.name: len(cfg.model_sigmas(m)) for m in cfg.models} == {"standard": 2, "randtrain": 1, "advtrain": 1}
-    base = [s for s in st if s.criterion == "none"]
-    assert len(base) == 2 * len(cfg.models) and all(s.sigma is None and s.n is None for s in base)
-    k = {(s.n, s.p_a): s.k_wrong for s in st if s.n == 10}
-    assert k == {(10, 0.5): 5, (10, 0.8): 8}
-    label = sweep.enumerate_settings(dataclasses.replace(cfg, criterion="label"))
-    assert all(s.p_a is None for s in label if s.criterion == "label")
+    label = [r for r in runs if r.criterion == "label"]
+    assert label and all(r.pas == (0.5, 0.8) and r.k_wrong is None for r in label)  # P_a verifies, not re-attacks
+    level = [r for r in runs if r.criterion == "level"]
+    assert {r.n for r in level} == {10} and {(r.k_wrong, r.pas) for r in level} == {(5, (0.5,)), (8, (0.8,))}
+    pairs = sum(len(cfg.model_sigmas(m)) for m in cfg.models)
+    # per (model, sigma): 2 n x 2 attacks label runs + 2 P_a x 2 attacks level runs; plus 2 baselines per model
+    assert len(runs) == pairs * (4 + 4) + 2 * len(cfg.models)
+    assert len(st) == pairs * (4 * 2 + 4) + 2 * len(cfg.models)
+    base = [r for r in runs if r.criterion == "none"]
+    assert all(r.sigma is None and r.n is None and r.pas == (None,) for r in base)
+    # the 'level' criterion alone: n = 1 is one run (k = 1 for every P_a) verified at both levels
+    lv = sweep.enumerate_runs(dataclasses.replace(cfg, criterion="level"))
+    n1 = [r for r in lv if r.n == 1]
+    assert n1 and all(r.k_wrong == 1 and r.pas == (0.5, 0.8) for r in n1)
+    assert not [r for r in lv if r.criterion == "label"]
 
 
 def test_select_images_first_correct_by_every_model():
@@ -254,12 +259,24 @@ def test_smoke_run_outputs(smoke_reference):
     n_settings = len(sweep.enumerate_settings(cfg))
     assert len(recs) == n_settings * cfg.n_images
     assert len({r["key"] for r in recs}) == len(recs)
-    rs = [r for r in recs if r["criterion"] == "level"]
+    assert (out / "reference.jsonl").is_file() and (out / "findings.csv").is_file()
+    rs = [r for r in recs if r["criterion"] != "none"]
+    assert {r["criterion"] for r in rs} == {"label", "level"}
     assert all(r["radius"] is not None and r["certify"] == {"n0": cfg.certify_n0, "n": cfg.certify_n,
                                                              "alpha": cfg.certify_alpha} for r in rs)
-    assert all(0.0 <= r["level_low"] <= r["level"] <= r["level_high"] <= 1.0 for r in rs)
-    assert all(r["level_calls"] == cfg.level_calls for r in rs)
-    assert all(r["queries"] <= cfg.max_queries for r in recs)
+    assert all(r["reference_kind"] == "smoothed" for r in rs)
+    for r in recs:
+        assert r["queries"] <= cfg.max_queries  # the evaluator's calls are counted apart
+        if r["status"] == "attacked":
+            assert r["success"] and r["verified_l2"] > 0 and r["verified_l2"] >= r["l2"] * (1 - 1e-6)
+            assert r["verified_level"] >= r["p_a"] if r["criterion"] != "none" else r["verified_level"] == 1.0
+            if r["criterion"] != "none":
+                assert 0.0 <= r["verified_level_low"] <= r["verified_level"] <= r["verified_level_high"] <= 1.0
+                assert r["verification_calls"] >= r["clean_calls"] + 1
+        if r["status"] == "misclassified":
+            assert r["verified_l2"] == 0.0 and r["clean_level_low"] >= 0
+        if r["status"] in ("smoothed_abstain", "smoothed_wrong"):
+            assert not r["success"] and r["l2"] is None and r["queries"] == 0
     for r in rs:  # evaluations never exceed the nominal n per query
         assert r["evaluations"] <= r["queries"] * r["n"]
     env = json.loads((out / "env.json").read_text())

@@ -398,7 +398,7 @@ class DecisionAttack:
             raise InputError(f"{self.name}: unknown option(s) {unknown}; known: {sorted(fields)}")
         self.config = self.Config(**overrides)
         self.check_config()
-        self._compiled: dict[int, tuple[Oracle, Callable, Callable]] = {}
+        self._compiled: dict[tuple[int, bool], tuple[Oracle, Callable, Callable]] = {}
 
     def check_config(self) -> None:
         """Validate ``self.config`` (raise InputError naming the bad value)."""
@@ -414,17 +414,20 @@ class DecisionAttack:
 
     # -- the two programs the driver compiles (pure, traceable; public so that an executor,
     #    e.g. the sweep's multi-device one, can compile and place them itself)
-    def start_batch(self, oracle: Oracle, env: AttackEnv):
+    def start_batch(self, oracle: Oracle, env: AttackEnv, check_clean: bool = True):
         """Query 0 on the clean images (misclassified ones are done), then ``init``:
-        -> (core, extra)."""
+        -> (core, extra). With ``check_clean`` False no clean query is made and every image is
+        attacked (the evaluator has already measured the clean images' level: against a random
+        classifier one lucky answer at x_o does not make it adversarial)."""
         core = initial_core(env)
-        out = query_one(oracle, env, core, env.x, env.valid)
-        core = out.core
-        mis = out.adversarial
-        core = core._replace(
-            misclassified=mis, found=mis,
-            best_l2=jnp.where(mis, 0.0, core.best_l2), best_linf=jnp.where(mis, 0.0, core.best_linf),
-            done=core.done | mis)
+        if check_clean:
+            out = query_one(oracle, env, core, env.x, env.valid)
+            core = out.core
+            mis = out.adversarial
+            core = core._replace(
+                misclassified=mis, found=mis,
+                best_l2=jnp.where(mis, 0.0, core.best_l2), best_linf=jnp.where(mis, 0.0, core.best_linf),
+                done=core.done | mis)
         active = env.valid & ~core.done
         core, extra = self.init(oracle, env, core, active)
         spent = core.queries >= env.max_queries
@@ -455,21 +458,22 @@ class DecisionAttack:
         (core, extra), trace = jax.lax.scan(one, (core, extra), None, length=self.config.chunk_steps)
         return core, extra, trace
 
-    def programs(self, oracle: Oracle) -> tuple[Callable, Callable]:
+    def programs(self, oracle: Oracle, check_clean: bool = True) -> tuple[Callable, Callable]:
         """Jitted ``(start(env), chunk(env, core, extra))`` of :meth:`start_batch` and
-        :meth:`advance` for ``oracle`` (cached per oracle object)."""
-        hit = self._compiled.get(id(oracle))
+        :meth:`advance` for ``oracle`` (cached per oracle object and ``check_clean``)."""
+        hit = self._compiled.get((id(oracle), check_clean))
         if hit is None or hit[0] is not oracle:
-            start = jit(lambda env: self.start_batch(oracle, env))
+            start = jit(lambda env: self.start_batch(oracle, env, check_clean))
             chunk = jit(lambda env, core, extra: self.advance(oracle, env, core, extra))
             hit = (oracle, start, chunk)
-            self._compiled[id(oracle)] = hit
+            self._compiled[(id(oracle), check_clean)] = hit
         return hit[1], hit[2]
 
     # -- host driver
     def run(self, oracle: Oracle, x, y, key, max_queries: int, image_ids=None,
             batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
-            programs: Callable[[Oracle], tuple[Callable, Callable]] | None = None) -> AttackResult:
+            programs: Callable[[Oracle], tuple[Callable, Callable]] | None = None,
+            check_clean: bool = True) -> AttackResult:
         """Attack each image of x [B, H, W, C] (in [0,1]) with true labels y [B] under a budget
         of ``max_queries`` oracle queries per image (query 0 checks the clean image).
 
@@ -477,7 +481,9 @@ class DecisionAttack:
         fold_in(key, image_ids[i]) only. ``batch_size``: images advanced together (default
         all, at most 256). ``progress(done, total)`` is called as images finish.
         ``programs(oracle) -> (start, chunk)`` replaces :meth:`programs` (same signatures; e.g.
-        programs that run each batch on several devices)."""
+        programs that run each batch on several devices; they decide themselves whether the
+        clean image is queried). ``check_clean`` False: no query 0 on the clean image, every
+        image is attacked (:meth:`start_batch`)."""
         x = np.asarray(x, np.float32)
         y = np.asarray(y)
         if x.ndim != 4:
@@ -501,7 +507,7 @@ class DecisionAttack:
         bs = min(n, 256) if batch_size is None else int(batch_size)
         if bs < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
-        start, chunk = (programs or self.programs)(oracle)
+        start, chunk = programs(oracle) if programs is not None else self.programs(oracle, check_clean)
 
         res = _Collector(x, self.metric)
         for lo in range(0, n, bs):

@@ -51,9 +51,12 @@ needs the arithmetic of one row not to depend on the batch size: row norms use a
 projections are batched matrix products, which XLA CPU computes identically per row for every
 batch size >= 2 (checked by the tests; other backends may differ in the last bit).
 
-Budget and ``steps``: a step costs about 10 queries, so the authors' default ``steps = 100`` ends
-the attack (final line search included) near 1,000 queries whatever the budget; raise ``steps``
-to use larger budgets.
+Budget and ``steps``: a step costs about 10 queries, so the authors' ``steps = 100`` ends the
+attack (final line search included) near 1,000 queries whatever the budget. rsjax's default
+``steps = None`` derives the number of steps from the query budget: steps continue until only
+the final line search's reserve is left, so a 2,000-query run uses its 2,000 queries (at budgets
+of at most ~1,000 queries this is the same attack as ``steps = 100``). Pass ``steps=100`` for the
+authors' stopping rule.
 """
 from __future__ import annotations
 
@@ -92,7 +95,7 @@ class SurFreeConfig:
     (Their ``config_example.json`` differs: steps 50, BS_max_iteration 10, rho 0.98, n_ortho 10,
     basis function "constant"; the frequency range [0, 0.5] and the full-image DCT are the same.)"""
 
-    steps: int = 100
+    steps: int | None = None  # None: as many as the query budget allows (authors: 100)
     bs_gamma: float = 0.01
     bs_max_iteration: int = 7
     theta_max: float = 30.0
@@ -287,6 +290,8 @@ class SurFree(DecisionAttack):
         c = self.config
         for name in ("steps", "bs_max_iteration", "T", "n_ortho", "start_max_tries"):
             val = getattr(c, name)
+            if name == "steps" and val is None:
+                continue
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise InputError(f"surfree: {name} must be an integer >= 1, got {val!r}")
         if not (0.0 < c.rho <= 1.0):
@@ -538,7 +543,7 @@ class SurFree(DecisionAttack):
         phase = jnp.where(end, _BEGIN_STEP, phase)
 
         begin = phase == _BEGIN_STEP
-        phase = jnp.where(begin, jnp.where((s.n_steps >= c.steps) | low_budget, _GO_FINAL, PROBE), phase)
+        phase = jnp.where(begin, jnp.where(_steps_cap_reached(s.n_steps, c.steps) | low_budget, _GO_FINAL, PROBE), phase)
 
         final = phase == _GO_FINAL
         if c.final_line_search:
@@ -550,6 +555,14 @@ class SurFree(DecisionAttack):
         s = s._replace(phase=phase)
         core = core._replace(done=core.done | (active & (phase == DONE)))
         return core, s
+
+
+def _steps_cap_reached(n_steps: jax.Array, steps: int | None) -> jax.Array:
+    """True where ``steps`` SurFree steps are completed (never when steps is None: the budget
+    decides)."""
+    if steps is None:
+        return jnp.zeros(n_steps.shape, bool)
+    return n_steps >= steps
 
 
 def _as_two_rows(env: AttackEnv, tree):
