@@ -145,6 +145,58 @@ def open_run_dir(out: str | os.PathLike, config: Mapping[str, Any]) -> Path:
     return out
 
 
+def config_sidecar(path: str | os.PathLike) -> Path:
+    """``PATH.config.json``: where the configuration of the single results file ``PATH`` lives."""
+    return Path(os.fspath(path) + ".config.json")
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for each key whose value differs (sorted; a missing key is None;
+    SHA-256 digests shortened to 12 hex digits)."""
+    def show(v: Any) -> str:
+        if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+            return v[:12] + "..."  # a SHA-256 digest: its start is enough to tell
+        return json.dumps(v, sort_keys=True)
+
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return [f"{k}: {show(old.get(k))} -> {show(new.get(k))}" for k in keys]
+
+
+def bind_results_file(path: str | os.PathLike, config: Mapping[str, Any], has_results: bool) -> Path:
+    """Tie the results file ``path`` to ``config`` through its sidecar ``PATH.config.json`` (the
+    single-file counterpart of :func:`open_run_dir`); returns the sidecar.
+
+    While ``path`` holds no results the sidecar is (re)written atomically. Once it does, the
+    sidecar must exist and equal ``config``, else InputError naming the file and each differing
+    key with its old and new value: results of two configurations never mix in one file."""
+    path = Path(path)
+    sidecar = config_sidecar(path)
+    new = json.loads(dumps(config))
+    if has_results:
+        if not sidecar.is_file():
+            raise InputError(
+                f"{path} already holds results but has no configuration file {sidecar.name} (written by "
+                f"an older rsjax or by another program), so a resume cannot be checked; choose another "
+                f"--out or delete {path}")
+        try:
+            old = json.loads(sidecar.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read the configuration file {sidecar} of {path}: {e}") from None
+        diff = config_differences(old, new)
+        if diff:
+            raise InputError(
+                f"{path} holds results of another configuration (per {sidecar.name}; differs in "
+                f"{'; '.join(diff)}); choose another --out or delete {path} and {sidecar.name}")
+        return sidecar
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, sidecar)
+    except OSError as e:
+        raise InputError(f"cannot write the configuration file {sidecar} of {path}: {e.strerror or e}") from None
+    return sidecar
+
+
 def environment_info(seed: int | None = None) -> dict:
     """Versions, devices, seed and git revision, for ``env.json``."""
     import jax

@@ -8,7 +8,13 @@ N noisy decisions are wrong, ``--pa`` required). Every query counts, including t
 clean image (query 0) and the start search; ``evaluations`` counts base-model calls.
 
 ``--json`` prints one object ``{summary: {...}, images: [...]}`` on stdout; ``--out FILE`` appends
-one JSON record per image to a resumable JSONL store (``rsjax.results.RecordStore``).
+one JSON record per image to a resumable JSONL store (``rsjax.results.RecordStore``) as each batch
+of ``--batch-size`` images finishes, with the run's configuration (checkpoint digest, data,
+attack and its options, queries, smoothing, seed, batch size) in the sidecar
+``FILE.config.json`` (:func:`rsjax.results.bind_results_file`). Rerunning the same command on a
+killed run's file keeps its records and attacks only the batches with images missing; another
+configuration on the same file is refused (exit 2). Image i's randomness derives from
+fold_in(seed, i) and the batches are those of an uninterrupted run, so the records are the same.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import time
 
 import numpy as np
 
-from rsjax.cli.common import add_data_args, emit_json, load_data_for, log
+from rsjax.cli.common import add_data_args, check_writable, emit_json, load_data_for, log, run_config
 
 
 def register(subparsers) -> None:
@@ -48,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pa", type=float, default=None, metavar="P", help="level P_a for --criterion level")
     p.add_argument("--seed", type=int, default=0, help="root seed; image i uses fold_in(seed, i) (0)")
     p.add_argument("--batch-size", type=int, default=64, help="images attacked together (64)")
-    p.add_argument("--out", default=None, metavar="RECORDS.jsonl", help="append one record per image")
+    p.add_argument("--out", default=None, metavar="RECORDS.jsonl",
+                   help="append one record per image as batches finish; a file of the same configuration "
+                        "is resumed (configuration in RECORDS.jsonl.config.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -74,63 +82,140 @@ def _finite(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
+#: the per-image fields of ``--json``'s ``images`` and of each ``--out`` record
+IMAGE_FIELDS = ("index", "label", "status", "success", "l2", "linf", "queries", "evaluations")
+
+
+def image_rows(res, ids, labels) -> list[dict]:
+    """The per-image dicts (IMAGE_FIELDS) of an AttackResult on images ``ids`` with ``labels``."""
+    return [{"index": int(ids[i]), "label": int(labels[i]), "status": str(res.status[i]),
+             "success": bool(res.success[i]), "l2": _finite(res.l2[i]), "linf": _finite(res.linf[i]),
+             "queries": int(res.queries[i]), "evaluations": int(res.evaluations[i])}
+            for i in range(len(ids))]
+
+
+def summarize_images(name: str, images: list[dict], max_queries: int, config: dict) -> dict:
+    """``AttackResult.summary()`` of per-image dicts (resumed ones included): the same numbers
+    as the summary of one uninterrupted run (l2/linf None there stand for inf)."""
+    from rsjax.attacks.common import AttackResult
+
+    n = len(images)
+    col = lambda k, dtype: np.array([im[k] for im in images], dtype)  # noqa: E731
+    dist = lambda k: np.array([np.inf if im[k] is None else im[k] for im in images], np.float64)  # noqa: E731
+    empty = np.zeros((n, 0))
+    return AttackResult(
+        attack=name, image_ids=col("index", np.int64), x_adv=empty, l2=dist("l2"), linf=dist("linf"),
+        success=col("success", bool), status=col("status", str).astype(str), queries=col("queries", np.int64),
+        evaluations=col("evaluations", np.int64), steps=np.zeros(n, np.int64),
+        trace_queries=empty.astype(np.int64), trace_l2=empty, trace_linf=empty, max_queries=max_queries,
+        config=config).summary()
+
+
+def open_store(path, config: dict):
+    """The RecordStore ``path`` bound to ``config`` (:func:`rsjax.results.bind_results_file`):
+    records already there are kept, a torn last line is cut, another configuration is refused.
+    Nothing is changed before the configuration is checked."""
+    from rsjax.errors import InputError
+    from rsjax.results import RecordStore, bind_results_file, read_records
+
+    try:
+        existing = read_records(path) if path.is_file() else []
+        if any("key" not in r for r in existing):
+            raise ValueError("a line has no 'key'")
+    except (ValueError, AttributeError, TypeError) as e:
+        raise InputError(f"{path} exists and is not a JSONL records file ({e}); "
+                         f"choose another --out or delete it") from None
+    bind_results_file(path, config, has_results=bool(existing))
+    return RecordStore(path)
+
+
+def attack_missing(args: argparse.Namespace, atk, oracle, data, done: dict, write) -> None:
+    """Attack the batches (of ``--batch-size`` consecutive images of ``data``, as in an
+    uninterrupted run) that hold an image not in ``done`` (index -> image dict); after each batch
+    its new image dicts go to ``write`` (appended to --out) and into ``done``."""
+    ids = [int(i) for i in data.ids]
+    for s in range(0, len(ids), args.batch_size):
+        batch = slice(s, s + args.batch_size)
+        if all(i in done for i in ids[batch]):
+            continue
+        base = len(done)
+        res = atk.run(oracle, data.images[batch], data.labels[batch], args.seed, args.queries,
+                      image_ids=data.ids[batch], batch_size=args.batch_size,
+                      progress=lambda d, n, base=base: log(f"  {base + d}/{len(ids)} images done"))
+        new = [im for im in image_rows(res, data.ids[batch], data.labels[batch]) if im["index"] not in done]
+        write(new)
+        done.update((im["index"], im) for im in new)
+
+
 def attack(args: argparse.Namespace) -> dict:
-    """Run the attack named by ``args``; return ``{summary, images}`` (JSON-ready)."""
+    """Run the attack named by ``args``; return ``{summary, images}`` (JSON-ready). With
+    ``--out``, images already recorded there (same configuration) are read back, not attacked
+    again, and each finished batch's records are appended (flushed) before the next starts."""
+    import dataclasses
+
     from rsjax.attacks import get_attack
     from rsjax.classifier import Classifier
     from rsjax.errors import InputError, check_int_at_least
+    from rsjax.results import config_hash, record_key
 
     check_int_at_least("--queries", args.queries, 1)
     check_int_at_least("--batch-size", args.batch_size, 1)
     if args.limit is not None:
         check_int_at_least("--limit", args.limit, 1)
+    out_path = check_writable(args.out) if args.out else None
     classifier = Classifier.from_checkpoint(args.checkpoint)
     oracle = build_oracle(args, classifier)
     data = load_data_for(args, classifier)
     if len(data) == 0:
         raise InputError(f"data {data.spec!r} has no images")
     atk = get_attack(args.attack)
-    ids = data.ids
-    log(f"{args.attack} on {len(data)} images of {data.spec}, {args.queries} queries, oracle {oracle.name}")
+    criterion = args.criterion if args.sigma is not None else None
+    config = run_config(args, classifier, data, attack=args.attack, attack_options=dataclasses.asdict(atk.config),
+                        queries=args.queries, sigma=args.sigma, n=args.n, criterion=criterion, p_a=args.pa,
+                        seed=args.seed, batch_size=args.batch_size)
+    setting = {"arch": classifier.spec.name, "checkpoint": str(args.checkpoint),
+               "checkpoint_sha256": config["checkpoint_sha256"], "data": data.spec, "attack": args.attack,
+               "queries": args.queries, "sigma": args.sigma, "n": args.n, "criterion": criterion,
+               "p_a": args.pa, "seed": args.seed}
+    tag = config_hash(config)
+    key = lambda index: record_key(config=tag, image=index)  # noqa: E731
+    store = open_store(out_path, config) if out_path else None
+    ids = [int(i) for i in data.ids]
+    done = {}
+    if store is not None:
+        by_key = {r["key"]: r for r in store}
+        done = {i: {k: by_key[key(i)][k] for k in IMAGE_FIELDS} for i in ids if key(i) in by_key}
+    resumed = len(done)
+    log(f"{args.attack} on {len(data)} images of {data.spec}, {args.queries} queries, oracle {oracle.name}"
+        + (f" (resuming: {resumed} already in {args.out})" if resumed else ""))
+
+    def write(images: list[dict]) -> None:
+        if store is not None:
+            store.append([{"key": key(im["index"]), **setting, **im} for im in images])
+
     t0 = time.perf_counter()
-    res = atk.run(oracle, data.images, data.labels, args.seed, args.queries, image_ids=ids,
-                  batch_size=args.batch_size, progress=lambda d, n: log(f"  {d}/{n} images done"))
+    attack_missing(args, atk, oracle, data, done, write)
     wall = time.perf_counter() - t0
-    summary = res.summary()
+    images = [done[i] for i in ids]
+    summary = summarize_images(atk.name, images, args.queries, dataclasses.asdict(atk.config))
+    computed = len(ids) - resumed
     summary.update({
-        "wall_s": wall, "wall_s_per_image": wall / len(data), "data": data.spec,
-        "checkpoint": str(args.checkpoint), "arch": classifier.spec.name, "oracle": oracle.name,
-        "sigma": args.sigma, "n": args.n, "criterion": args.criterion if args.sigma is not None else None,
-        "p_a": args.pa, "seed": args.seed, "config": res.config,
+        "wall_s": wall, "wall_s_per_image": wall / computed if computed else None, "n_resumed": resumed,
+        "data": data.spec, "checkpoint": str(args.checkpoint), "arch": classifier.spec.name,
+        "oracle": oracle.name, "sigma": args.sigma, "n": args.n, "criterion": criterion, "p_a": args.pa,
+        "seed": args.seed, "config": dataclasses.asdict(atk.config),
     })
     for k in list(summary):
         if isinstance(summary[k], float):
             summary[k] = _finite(summary[k])
-    images = [
-        {"index": int(data.ids[i]), "label": int(data.labels[i]), "status": str(res.status[i]),
-         "success": bool(res.success[i]), "l2": _finite(res.l2[i]), "linf": _finite(res.linf[i]),
-         "queries": int(res.queries[i]), "evaluations": int(res.evaluations[i])}
-        for i in range(len(data))
-    ]
     return {"summary": summary, "images": images}
-
-
-def _write_records(path: str, out: dict) -> int:
-    from rsjax.results import RecordStore, record_key
-
-    s = out["summary"]
-    setting = {"arch": s["arch"], "checkpoint": s["checkpoint"], "data": s["data"], "attack": s["attack"],
-               "queries": s["max_queries"], "sigma": s["sigma"], "n": s["n"], "criterion": s["criterion"],
-               "p_a": s["p_a"], "seed": s["seed"]}
-    records = [{"key": record_key(**setting, image=im["index"]), **setting, **im} for im in out["images"]]
-    return RecordStore(path).append(records)
 
 
 def run(args: argparse.Namespace) -> int:
     out = attack(args)
     if args.out:
-        n = _write_records(args.out, out)
-        log(f"{n} new records appended to {args.out}")
+        s = out["summary"]
+        log(f"{s['n_images'] - s['n_resumed']} new records appended to {args.out} ({s['n_resumed']} kept)")
     if args.json:
         emit_json(out)
         return 0

@@ -1,8 +1,12 @@
 """Helpers shared by the subcommands."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,3 +57,61 @@ def load_data_for(args, classifier):
         raise InputError(f"data {data.spec!r} has images of shape {data.image_shape}, checkpoint "
                          f"{args.checkpoint} ({classifier.spec.name}) needs {classifier.input_shape}")
     return data
+
+
+def check_writable(path: str, flag: str = "--out") -> Path:
+    """``path`` as a Path if a file can be written there, else InputError naming it (checked
+    before any expensive work): not a directory, its parent directory exists or can be created,
+    an existing file can be opened for appending (nothing is truncated) and a new one can be
+    created (a probe file is created in the parent directory and removed)."""
+    from rsjax.errors import InputError
+
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{flag} {path} is a directory; give a file path")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{flag} {path}: cannot create its directory {p.parent}: {e.strerror or e}") from None
+    try:
+        if p.exists():
+            with open(p, "ab"):
+                pass
+        else:
+            fd, probe = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".probe")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{flag} {path} cannot be written: {e.strerror or e}") from None
+    return p
+
+
+def checkpoint_sha256(path: str) -> str:
+    """The content digest recorded in an rsjax checkpoint's header (names the weights, whatever
+    the file is called; verified when the checkpoint is loaded)."""
+    from rsjax.checkpoints import read_checkpoint_header
+
+    return read_checkpoint_header(path)["sha256"]
+
+
+def data_sha256(data) -> str:
+    """SHA-256 of a loaded dataset's image indices, labels and float32 images: a rerun on the
+    same spec whose file changed is not a resume of the same configuration."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in (np.asarray(data.ids, np.int64), np.asarray(data.labels, np.int64),
+              np.asarray(data.images, np.float32)):
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def run_config(args, classifier, data, **settings: Any) -> dict:
+    """The configuration a resumable ``--out`` file is bound to (see
+    :func:`rsjax.results.bind_results_file`): the checkpoint's digest and architecture, the data
+    (spec, --limit, --per-class, content digest) and the command's own ``settings``."""
+    return {"command": args.command, "checkpoint_sha256": checkpoint_sha256(args.checkpoint),
+            "arch": classifier.spec.name, "data": data.spec, "limit": args.limit,
+            "per_class": args.per_class, "n_images": len(data), "data_sha256": data_sha256(data),
+            **settings}
