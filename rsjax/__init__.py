@@ -14,10 +14,6 @@ from rsjax.checkpoints import load_checkpoint, save_checkpoint
 from rsjax.data import Dataset, load_dataset
 from rsjax.oracle import (CountingOracle, ModelOracle, Oracle, OracleAnswer, SmoothedOracle,
                           image_keys, level_of, query_key, query_keys)
-# the submodule rsjax.certify (dataset-level CERTIFY, Cohen's log) is imported before the
-# function rsjax.certify is bound: importing it later would rebind the package attribute
-# ``rsjax.certify`` to the module
-import rsjax.certify as _certify_module  # noqa: F401,E402
 from rsjax.smoothing import (certified_accuracy, certify, evaluate_smoothed, plurality,
                              predict_from_counts, vote_counts, votes)
 from rsjax import theory

@@ -24,7 +24,7 @@ def certified_accuracy_curve(radii, correct, max_radius: float | None = None, po
 def plot_certified_accuracy(runs: Mapping[str, tuple[Sequence[float], Sequence[bool]]], path=None, *,
                             max_radius: float | None = None, ax=None, title: str | None = None):
     """One curve per run: ``runs[label] = (radii, correct)`` (e.g. the ``radius`` and ``correct``
-    columns of :func:`rsjax.certify.read_certify_log`). Saves to ``path`` if given; returns the
+    columns of :func:`rsjax.certification.read_certify_log`). Saves to ``path`` if given; returns the
     matplotlib Figure."""
     import matplotlib
 

@@ -1,5 +1,5 @@
 """``rsjax certify``: Cohen's CERTIFY on each image of a data set, written as Cohen's log
-(``idx label predict radius correct time``, see :mod:`rsjax.certify`), with a summary
+(``idx label predict radius correct time``, see :mod:`rsjax.certification`), with a summary
 (certified accuracy at a few radii, abstention rate, seconds per image)."""
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rsjax.certify import certify_dataset, summarize, write_certify_log
+    from rsjax.certification import certify_dataset, summarize, write_certify_log
     from rsjax.classifier import Classifier
     from rsjax.errors import check_int_at_least, check_open_unit, check_positive
     from rsjax.smoothing import DEFAULT_CHUNK_SIZE
