@@ -10,11 +10,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rsjax.errors import InputError
-from rsjax.smoothing import certified_accuracy
 
 
 def certified_accuracy_curve(radii, correct, max_radius: float | None = None, points: int = 400):
     """(grid, accuracy): the step curve r -> fraction correct with certified radius >= r."""
+    from rsjax.smoothing import certified_accuracy  # here: importing rsjax.plots needs no JAX
+
     radii = np.asarray(radii, np.float64)
     top = max_radius if max_radius is not None else (float(radii.max()) * 1.05 if radii.size and radii.max() > 0 else 1.0)
     grid = np.linspace(0.0, top, points)
