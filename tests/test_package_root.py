@@ -76,3 +76,13 @@ def test_noise_names_stay_importable_from_smoothing():
 
     for name in ("NOISE_IMPLS", "sample_noise", "sample_key", "erfinv_giles", "_hash_normal"):
         assert getattr(smoothing, name) is getattr(noise, name), name
+
+
+def test_tests_use_their_own_cache():
+    """conftest.py points $RSJAX_CACHE away from the user's cache for the whole session."""
+    from rsjax.cache import cache_dir
+
+    assert os.environ.get("RSJAX_CACHE")
+    assert cache_dir() != Path.home() / ".cache" / "rsjax"
+    if not os.environ.get("RSJAX_TEST_CACHE"):
+        assert cache_dir() == Path(os.environ["RSJAX_TEST_SESSION_CACHE"])
