@@ -10,11 +10,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rsjax.errors import InputError
-from rsjax.smoothing import certified_accuracy
 
 
 def certified_accuracy_curve(radii, correct, max_radius: float | None = None, points: int = 400):
     """(grid, accuracy): the step curve r -> fraction correct with certified radius >= r."""
+    from rsjax.smoothing import certified_accuracy  # here: importing rsjax.plots needs no JAX
+
     radii = np.asarray(radii, np.float64)
     top = max_radius if max_radius is not None else (float(radii.max()) * 1.05 if radii.size and radii.max() > 0 else 1.0)
     grid = np.linspace(0.0, top, points)
@@ -24,7 +25,7 @@ def certified_accuracy_curve(radii, correct, max_radius: float | None = None, po
 def plot_certified_accuracy(runs: Mapping[str, tuple[Sequence[float], Sequence[bool]]], path=None, *,
                             max_radius: float | None = None, ax=None, title: str | None = None):
     """One curve per run: ``runs[label] = (radii, correct)`` (e.g. the ``radius`` and ``correct``
-    columns of :func:`rsjax.certify.read_certify_log`). Saves to ``path`` if given; returns the
+    columns of :func:`rsjax.certification.read_certify_log`). Saves to ``path`` if given; returns the
     matplotlib Figure."""
     import matplotlib
 

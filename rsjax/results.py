@@ -201,7 +201,7 @@ def environment_info(seed: int | None = None) -> dict:
     """Versions, devices, seed and git revision, for ``env.json``."""
     import jax
 
-    import rsjax
+    from rsjax._version import __version__
 
     def version(mod):
         try:
@@ -218,7 +218,7 @@ def environment_info(seed: int | None = None) -> dict:
     except Exception:
         rev, dirty = None, None
     return {
-        "rsjax": rsjax.__version__,
+        "rsjax": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),

@@ -10,7 +10,8 @@ wins (``argmax`` of the counts), exactly like ``argmax`` of logits in the base c
 
 Randomness: sample j of point i uses the key ``fold_in(key_i, j)`` (``key_i`` the point's own key,
 e.g. ``fold_in(seed_key, image_id)``), so its noise does not depend on the batch size, on the
-chunk size, on the order of the points or on early stopping.
+chunk size, on the order of the points or on early stopping. The N(0, I) generators
+(``noise='hash'`` or ``'threefry'``) are in :mod:`rsjax.noise`.
 
 Computation (:func:`vote_counts`): the B points x n samples are flattened into (point, sample)
 slots and walked in fixed-size chunks of ``chunk_size`` slots inside one ``lax.while_loop``:
@@ -25,7 +26,6 @@ returned label is then exactly the label of the full n-sample vote with the same
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -37,86 +37,21 @@ import numpy as np
 from scipy import stats
 
 from rsjax.errors import InputError, check_int_at_least, check_open_unit, check_positive
+# the generators live in rsjax.noise; the names stay importable from here
+from rsjax.noise import (NOISE_IMPLS, _hash_normal, erfinv_giles, sample_key,  # noqa: F401
+                         sample_noise)
 from rsjax.xla_options import jit
 
 LogitsFn = Callable[[jax.Array], jax.Array]
-NOISE_IMPLS = ("hash", "threefry")
 STOP_RULES = (None, "label")
 DEFAULT_CHUNK_SIZE = 1024
 #: rows per model call inside a vote chunk on the CPU backend, for models without their own block
 CPU_EVAL_ROWS = 256
 
+
 # ---------------------------------------------------------------------------------------------
-# Noise
+# Noisy copies (the noise itself: rsjax.noise)
 # ---------------------------------------------------------------------------------------------
-_M1 = 0x7FEB352D
-_M2 = 0x846CA68B
-_GOLDEN = 0x9E3779B9
-
-
-def _mix32(h: jax.Array) -> jax.Array:
-    """32-bit integer finalizer (``lowbias32``: xorshift-multiply twice), a bijection of uint32."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(_M1)
-    h = h ^ (h >> 15)
-    h = h * jnp.uint32(_M2)
-    return h ^ (h >> 16)
-
-
-# Giles (2010), "Approximating the erfinv function", GPU Computing Gems Jade, single precision:
-# with w = -log((1 - u)(1 + u)), erfinv(u) = u * P1(w - 2.5) for w < 5, u * P2(sqrt(w) - 3) else.
-_ERFINV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
-                   -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
-_ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
-                -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
-
-
-def erfinv_giles(u: jax.Array) -> jax.Array:
-    """erfinv(u) for float32 u in (-1, 1) by Giles' branch-free single-precision approximation
-    (two degree-8 polynomials selected by w = -log(1 - u^2)); within 3e-6 of ``lax.erf_inv``
-    and ~4x cheaper on CPU (XLA's erf_inv goes through log1p)."""
-    w = -jnp.log((1.0 - u) * (1.0 + u))
-    central, tail = w - 2.5, jnp.sqrt(w) - 3.0
-    p1 = jnp.full_like(u, _ERFINV_CENTRAL[0])
-    for c in _ERFINV_CENTRAL[1:]:
-        p1 = c + p1 * central
-    p2 = jnp.full_like(u, _ERFINV_TAIL[0])
-    for c in _ERFINV_TAIL[1:]:
-        p2 = c + p2 * tail
-    return jnp.where(w < 5.0, p1, p2) * u
-
-
-def _hash_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Standard normal array of ``shape`` from one key, by counter hashing.
-
-    Two 32-bit seeds (s0, s1) are drawn from ``key`` with threefry; element e gets
-    u_e = mix(mix(e * golden + s0) xor s1) (a bijection of e for fixed seeds), mapped to a uniform
-    in (-1, 1) with 24-bit resolution and to N(0,1) by sqrt(2) erfinv(u) (:func:`erfinv_giles`).
-    Several times cheaper on CPU than threefry + ``jax.random.normal``; tails are cut at
-    |z| ~ 5.3 (probability ~1e-7)."""
-    s = jax.random.bits(key, (2,), jnp.uint32)
-    size = math.prod(shape)
-    e = jnp.arange(size, dtype=jnp.uint32)
-    h = _mix32(_mix32(e * jnp.uint32(_GOLDEN) + s[0]) ^ s[1])
-    u = ((h >> 8).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-23) - 1.0
-    return (jnp.float32(math.sqrt(2.0)) * erfinv_giles(u)).reshape(shape)
-
-
-def sample_noise(key: jax.Array, shape: tuple[int, ...], impl: str = "hash") -> jax.Array:
-    """One N(0, I) noise array of ``shape`` from ``key``: ``impl='threefry'`` is
-    ``jax.random.normal``; ``'hash'`` (default, faster) is :func:`_hash_normal`."""
-    if impl == "threefry":
-        return jax.random.normal(key, shape, jnp.float32)
-    if impl == "hash":
-        return _hash_normal(key, shape)
-    raise InputError(f"noise implementation must be one of {NOISE_IMPLS}, got {impl!r}")
-
-
-def sample_key(point_key: jax.Array, sample_index: jax.Array) -> jax.Array:
-    """Key of noise sample j of a point: ``fold_in(point_key, j)``."""
-    return jax.random.fold_in(point_key, sample_index)
-
-
 def noisy_copies(x: jax.Array, key: jax.Array, sigma: float, n: int, *, clip: bool = False,
                  noise: str = "hash") -> jax.Array:
     """The n noisy copies x + sigma N_j (j < n) of one point x [H,W,C] that :func:`vote_counts`

@@ -1,13 +1,48 @@
-"""Shared fixtures. Tests that need ../shared skip with a message when it is absent."""
+"""Shared fixtures. Tests that need ../shared skip with a message when it is absent.
+
+The tests never write to the user's rsjax cache (``~/.cache/rsjax`` or ``$RSJAX_CACHE``):
+``$RSJAX_CACHE`` is set for the whole session (subprocesses included) to ``$RSJAX_TEST_CACHE``
+when that is set (a cache kept between sessions: trained checkpoints, XLA executables), else to a
+temporary directory removed at the end of the session. pytest-xdist workers inherit the
+controller's directory.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RSJAX_SHARED", REPO.parent / "shared"))
+
+#: the session's temporary cache, exported so that xdist workers and subprocesses share it
+_SESSION_CACHE = "RSJAX_TEST_SESSION_CACHE"
+
+
+def pytest_configure(config):
+    cache = os.environ.get("RSJAX_TEST_CACHE") or os.environ.get(_SESSION_CACHE)
+    if not cache:
+        cache = tempfile.mkdtemp(prefix="rsjax-test-cache-")
+        os.environ[_SESSION_CACHE] = cache
+        config._rsjax_owned_cache = cache
+    config._rsjax_user_cache = os.environ.get("RSJAX_CACHE")
+    os.environ["RSJAX_CACHE"] = cache
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "_rsjax_user_cache"):
+        return
+    if config._rsjax_user_cache is None:
+        os.environ.pop("RSJAX_CACHE", None)
+    else:
+        os.environ["RSJAX_CACHE"] = config._rsjax_user_cache
+    owned = getattr(config, "_rsjax_owned_cache", None)
+    if owned:
+        os.environ.pop(_SESSION_CACHE, None)
+        shutil.rmtree(owned, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

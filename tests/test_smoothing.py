@@ -283,7 +283,7 @@ def mlp_checkpoint(tmp_path_factory):
 
 
 def test_cli_certify_writes_cohen_log(mlp_checkpoint, tmp_path, capsys):
-    from rsjax.certify import LOG_HEADER, read_certify_log
+    from rsjax.certification import LOG_HEADER, read_certify_log
     from rsjax.classifier import Classifier
     from rsjax.cli import main
 
@@ -313,7 +313,7 @@ def test_cli_certify_writes_cohen_log(mlp_checkpoint, tmp_path, capsys):
 def test_cli_certify_per_class_logs_file_indices(mlp_checkpoint, tmp_path, capsys):
     """--per-class: the log's idx are positions in the file, and a row equals that image's row
     in the run over the whole file (its key is fold_in(seed, idx))."""
-    from rsjax.certify import read_certify_log
+    from rsjax.certification import read_certify_log
     from rsjax.cli import main
 
     base = ["certify", "--checkpoint", str(mlp_checkpoint / "mlp.ckpt"), "--data",
@@ -380,13 +380,14 @@ def test_erfinv_giles_matches_float64_erfinv():
 
 
 def test_rsjax_certify_stays_the_function_after_the_submodule_is_imported():
-    """``rsjax.certify`` is the CERTIFY function whatever is imported later (importing the
-    submodule ``rsjax.certify`` after the package used to rebind the attribute to the module,
-    so the README example failed depending on test order). Fresh interpreter: order matters."""
+    """``rsjax.certify`` is the CERTIFY function whatever is imported later (the dataset-level
+    module used to be the submodule ``rsjax.certify``, whose import rebound the attribute to the
+    module, so the README example failed depending on test order; it is now
+    ``rsjax.certification``). Fresh interpreter: order matters."""
     import subprocess
     import sys
 
-    code = ("import rsjax; from rsjax.certify import certify_dataset; import rsjax.certify; "
+    code = ("import rsjax; from rsjax.certification import certify_dataset; import rsjax.certification; "
             "import rsjax.cli.certify; assert callable(rsjax.certify), rsjax.certify")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -213,8 +213,9 @@ def test_param_oracle_uses_the_model_cpu_block():
 # ------------------------------------------------------------------------------------ real runs
 
 def _test_cache() -> Path:
-    """Checkpoint + XLA cache of the real-run tests: ``$RSJAX_TEST_CACHE``, else the user's rsjax
-    cache (entries are keyed by content, so sharing it only saves time)."""
+    """Checkpoint + XLA cache of the real-run tests: ``$RSJAX_TEST_CACHE``, else the session's
+    temporary ``$RSJAX_CACHE`` (``conftest.py``; never the user's cache). Entries are keyed by
+    content, so sharing a cache only saves time."""
     return Path(os.environ.get("RSJAX_TEST_CACHE") or sweep.cache_dir())
 
 

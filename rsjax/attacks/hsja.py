@@ -40,7 +40,7 @@ from rsjax.attacks.common import (
     l2_norm, query, query_one, remaining, safe_normalize, tree_sum, update_best,
 )
 from rsjax.errors import InputError
-from rsjax.smoothing import NOISE_IMPLS, sample_noise
+from rsjax.noise import NOISE_IMPLS, sample_noise
 
 
 def probe_directions(keys: jax.Array, start: jax.Array | int, count: int, shape: tuple[int, ...],
@@ -63,7 +63,7 @@ class HSJAConfig:
     (``probe_batch`` changes only the rounding of the gradient sums: probe j's direction
     depends on j alone, see :func:`probe_directions`).
     ``probe_noise`` is the generator of the Gaussian probe directions: 'hash' (default, the
-    counter-hash normals of :func:`rsjax.smoothing.sample_noise`, ~2.5x cheaper on CPU) or
+    counter-hash normals of :func:`rsjax.noise.sample_noise`, ~2.5x cheaper on CPU) or
     'threefry' (``jax.random.normal``); both give N(0, I) directions, only the draws differ."""
 
     gamma: float = 1.0

@@ -1,5 +1,5 @@
 """``rsjax certify``: Cohen's CERTIFY on each image of a data set, written as Cohen's log
-(``idx label predict radius correct time``, see :mod:`rsjax.certify`), with a summary
+(``idx label predict radius correct time``, see :mod:`rsjax.certification`), with a summary
 (certified accuracy at a few radii, abstention rate, seconds per image).
 
 Resume: the log is written batch by batch (flushed and fsynced), and its configuration
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 
 def _parse_row(path: Path, lineno: int, line: str):
     """One log line as a CertifyRow; InputError naming ``path:lineno`` if malformed."""
-    from rsjax.certify import LOG_HEADER, CertifyRow
+    from rsjax.certification import LOG_HEADER, CertifyRow
     from rsjax.errors import InputError
 
     parts = line.split("\t")
@@ -66,7 +66,7 @@ def read_log_rows(path: Path) -> list:
     """The complete rows already in the log ``path`` (none if it is absent or empty), without
     changing the file; a torn last line (no newline) is ignored. InputError if ``path`` is not a
     certify log."""
-    from rsjax.certify import LOG_HEADER
+    from rsjax.certification import LOG_HEADER
     from rsjax.errors import InputError
 
     if not path.is_file():
@@ -83,7 +83,7 @@ def read_log_rows(path: Path) -> list:
 
 def prepare_log(path: Path) -> None:
     """Cut a torn last line off the log and write the header if the log is empty or absent."""
-    from rsjax.certify import LOG_HEADER
+    from rsjax.certification import LOG_HEADER
 
     data = path.read_bytes() if path.is_file() else b""
     cut = data.rfind(b"\n") + 1
@@ -118,7 +118,7 @@ def certify_missing(args, classifier, data, chunk: int, done: dict, out: Path) -
     """CERTIFY the batches (of ``--batch-size`` consecutive images of ``data``) that hold an
     image not in ``done`` (idx -> row), append their new rows to ``out`` batch by batch and add
     them to ``done``; returns the number of images computed."""
-    from rsjax.certify import certify_dataset
+    from rsjax.certification import certify_dataset
 
     computed = 0
     ids = [int(i) for i in data.ids]
@@ -137,7 +137,7 @@ def certify_missing(args, classifier, data, chunk: int, done: dict, out: Path) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from rsjax.certify import summarize
+    from rsjax.certification import summarize
     from rsjax.classifier import Classifier
     from rsjax.errors import check_int_at_least, check_open_unit, check_positive
     from rsjax.results import bind_results_file
