@@ -34,8 +34,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sigmas", type=float, nargs="+", default=None, help="sigma grid")
     p.add_argument("--ns", type=int, nargs="+", default=None, help="n values attacked")
     p.add_argument("--pas", type=float, nargs="+", default=None, help="levels P_a")
-    p.add_argument("--criterion", default=None, choices=["level", "label"])
-    p.add_argument("--attacks", nargs="+", default=None, choices=["hsja", "surfree", "rays"])
+    p.add_argument("--criterion", default=None, choices=["level", "label"],
+                   help="attacker's oracle: label (the deployed g_{sigma,n}, default) or level (the paper's shortcut)")
+    p.add_argument("--level-ns", type=int, nargs="*", default=None,
+                   help="with --criterion label, also run the level shortcut at these n (default preset: 10)")
+    p.add_argument("--reference", default=None, choices=["smoothed", "true"],
+                   help="label the criterion compares against: g_sigma(x_o) by PREDICT (default) or the true y")
+    p.add_argument("--reference-n", type=int, default=None, help="PREDICT samples of the reference label (1000)")
+    p.add_argument("--verify-calls", type=int, default=None,
+                   help="evaluator: most calls of g_{sigma,n} per tested point (m, default 100)")
+    p.add_argument("--attacks", nargs="+", default=None, help="attacks (registered names: hsja, surfree, rays)")
     p.add_argument("--queries", type=int, default=None, help="query budget per image")
     p.add_argument("--images", type=int, default=None, help="number of attacked images")
     p.add_argument("--eval-images", type=int, default=None)
@@ -66,12 +74,14 @@ def build_config(args: argparse.Namespace):
     overrides = {"data": args.data, "ns": args.ns and tuple(args.ns), "pas": args.pas and tuple(args.pas),
                  "criterion": args.criterion, "attacks": args.attacks and tuple(args.attacks),
                  "max_queries": args.queries, "n_images": args.images, "eval_images": args.eval_images,
-                 "certify_images": args.certify_images, "certify_n": args.certify_n, "seed": args.seed}
+                 "certify_images": args.certify_images, "certify_n": args.certify_n, "seed": args.seed,
+                 "level_ns": None if args.level_ns is None else tuple(args.level_ns), "reference": args.reference,
+                 "reference_n": args.reference_n, "verify_calls": args.verify_calls}
     if args.sigmas:
         overrides["sigmas"] = tuple(args.sigmas)
         overrides["models"] = tuple(dataclasses.replace(m, sigmas=None) for m in cfg.models)
-    if args.ns:
-        overrides["eval_ns"] = tuple(sorted(set(cfg.eval_ns) | set(args.ns)))
+    if args.ns or args.level_ns:
+        overrides["eval_ns"] = tuple(sorted(set(cfg.eval_ns) | set(args.ns or ()) | set(args.level_ns or ())))
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     return cfg.validate()
 

@@ -35,13 +35,15 @@ _EXPORTS: dict[str, str] = {
     "RayS": "rsjax.attacks.rays",
     "SurFree": "rsjax.attacks.surfree",
     "enable_compilation_cache": "rsjax.cache",
+    **dict.fromkeys(("VerifyConfig", "Verification", "verify_attack", "verify_rays", "level_at_points",
+                     "level_test_plan"), "rsjax.verify"),
 }
 
 #: submodules reachable as attributes of the package without importing them first
 _SUBMODULES = frozenset((
     "analysis", "attacks", "cache", "certification", "checkpoints", "classifier", "cli", "data", "errors",
-    "models", "noise", "oracle", "plots", "report", "results", "smoothing", "sweep", "theory", "train",
-    "whitebox", "xla_options",
+    "findings", "intervals", "models", "noise", "oracle", "plots", "report", "results", "smoothing", "sweep", "theory", "train",
+    "verify", "whitebox", "xla_options",
 ))
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "evaluate_smoothed", "theory",
     "ATTACKS", "AttackResult", "DecisionAttack", "get_attack", "HSJA", "RayS", "SurFree",
     "enable_compilation_cache",
+    "VerifyConfig", "Verification", "verify_attack", "verify_rays", "level_at_points", "level_test_plan",
 ]
 
 
@@ -89,3 +92,5 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
                               image_keys, level_of, query_key, query_keys)
     from rsjax.smoothing import (certified_accuracy, certify, evaluate_smoothed, plurality,
                                  predict_from_counts, vote_counts, votes)
+    from rsjax.verify import (Verification, VerifyConfig, level_at_points, level_test_plan, verify_attack,
+                              verify_rays)

@@ -16,24 +16,35 @@ Pipeline (``run_sweep``), every stage appending JSON lines to the output directo
    for the first ``certify_images`` images of the seeded permutation of the test set (and at
    least all attacked images): prediction and radius R = sigma Phi^{-1}(p_A_lower) per image.
    Certified accuracy at r = fraction of these images correctly classified with R >= r.
-4. **attacks** (``records.jsonl``): the attacked images are the first ``n_images`` images of the
+4. **reference** (``reference.jsonl``): the reference label of eq. (4), g_sigma(x_o), by Cohen's
+   PREDICT with ``reference_n`` samples at ``reference_alpha`` for every attacked image and
+   (model, sigma); ``reference='true'`` uses the true label instead (today's y, for comparison).
+5. **attacks** (``records.jsonl``): the attacked images are the first ``n_images`` images of the
    seeded permutation that *every* model's base classifier f classifies correctly (so models
-   are compared on the same images). Settings: per model, the no-RS baseline (oracle f) and per
-   sigma, n in ``ns`` and P_a in ``pas`` the smoothed oracle with criterion
+   are compared on the same images). Attack runs (:func:`enumerate_runs`): per model the no-RS
+   baseline (oracle f) and per sigma and n the smoothed oracle with criterion
 
-   * ``level`` (default; the authors' simulation shortcut): a query point is adversarial when at
-     least k = ceil(n * P_a) of its n micro-decisions differ from the true label;
-   * ``label``: the voted label of g_{sigma,n} differs from the true label (P_a not used).
+   * ``label`` (default; the deployed classifier): one query = one call of g_{sigma,n}, adversarial
+     iff its plurality vote differs from the reference label; one run per (sigma, n, attack),
+     verified at every P_a of ``pas``;
+   * ``level`` (the authors' simulation shortcut, at ``level_ns`` for comparison, or everywhere
+     with ``criterion='level'``): adversarial when at least k = ceil(n * P_a) of the n
+     micro-decisions differ from the reference; one run per k, verified at its P_a.
 
-   n = 1 makes P_a irrelevant (k = 1 for every P_a): it is run once with ``p_a = null``.
-   One record per image x setting holds the attack outcome (status, success, l2, linf, queries,
-   base-model evaluations), that image's certified radius at the same sigma (with n0, n, alpha),
-   and the level reached: the fraction of ``level_calls`` independent calls of g_{sigma,n} at the
-   adversarial point that return a wrong label, with a Clopper-Pearson interval.
+   Each batch is measured by :func:`measure_batch` (the evaluator of :mod:`rsjax.verify`, whose
+   calls are never charged to the attack): images with no smoothed reference are recorded
+   apart (``smoothed_abstain`` / ``smoothed_wrong``); a clean image whose measured level reaches
+   P_a is ``misclassified`` at distortion 0; the others are attacked and each output is
+   verified at each P_a (ray search to the first point of level >= P_a). One record per image x
+   setting (setting = run x P_a) holds the attacker's raw outcome (``l2``, ``linf``, queries,
+   base-model evaluations, trace), the verified one (``verified_l2``, ``verified_linf``,
+   ``verified_level`` with its Clopper-Pearson interval, ``verification_calls``), the reference
+   (``reference``, ``reference_kind``) and the image's certified radius at the same sigma.
 
 Randomness: one ``seed``. Stream s of image i uses ``fold_in(fold_in(key(seed), s), image_id)``
-(s = 1 accuracy, 2 certification, 3 attacks, 4 level estimation), so every number depends on
-(seed, image, setting) only, never on batch composition, resumption or device count.
+(s = 1 accuracy, 2 certification, 3 attacks, 5 reference label, 6 the evaluator's calls), so
+every number depends on (seed, image, setting) only, never on batch composition, resumption or
+device count.
 
 Oracle with traced parameters: the attacks' jitted programs take (model variables, sigma, n, k)
 as *arguments* (:class:`ParamOracle`), so one compiled program per (attack, architecture,
@@ -1066,6 +1077,8 @@ class BatchOutcome:
     clean: dict  # pa -> dict of [B] arrays (level test at x_o), RS only
     ver: dict  # pa -> Verification over [B] (rows of unattacked images meaningless)
     seconds: float
+    attack_seconds: float = 0.0  # wall time of the attack itself, per image of the batch
+    verify_seconds: float = 0.0  # wall time of the evaluator (clean tests + ray searches), per image
 
 
 def _record_base(setting: Setting, i: int, label: int, config: SweepConfig, seconds: float) -> dict:
@@ -1073,6 +1086,9 @@ def _record_base(setting: Setting, i: int, label: int, config: SweepConfig, seco
             "k_wrong": setting.k_wrong, "criterion_note": CRITERION_NOTES[setting.criterion],
             "reference_kind": config.reference if setting.criterion != "none" else "true",
             "image": int(i), "label": int(label), "max_queries": int(config.max_queries), "seconds": seconds}
+
+
+TIMING_FIELDS = ("seconds", "attack_seconds", "verify_seconds")
 
 
 def attack_records(run: AttackRun, out: BatchOutcome, labels: np.ndarray, certified: Mapping[int, dict] | None,
@@ -1095,6 +1111,7 @@ def attack_records(run: AttackRun, out: BatchOutcome, labels: np.ndarray, certif
         for b, i in enumerate(out.ids):
             i = int(i)
             rec = _record_base(st, i, labels[i], config, out.seconds)
+            rec.update(attack_seconds=out.attack_seconds, verify_seconds=out.verify_seconds)
             rec["reference"] = int(out.reference[b])
             cert = (certified or {}).get(i)
             rec.update(radius=None if cert is None else cert["radius"],
@@ -1187,9 +1204,11 @@ def measure_batch(run: AttackRun, ids: np.ndarray, images: np.ndarray, labels: n
         todo &= ~reached
     result = None
     sel = np.flatnonzero(todo)
+    t_attack = time.perf_counter()
     if len(sel):
         result = run_attack(programs, params, programs.attack_num_classes, x[sel], ref[sel], ids[sel], attack_root,
                             config.max_queries, config.attack_batch)
+    t_attack = time.perf_counter() - t_attack
     ver: dict = {}
     found = np.zeros(len(ids), bool)
     x_adv = x.copy()
@@ -1202,7 +1221,9 @@ def measure_batch(run: AttackRun, ids: np.ndarray, images: np.ndarray, labels: n
         v = verify_rays(decide, x[idx], x_adv[idx], ref[idx], 0.5 if pa is None else pa, ids[idx], verify_root,
                         vcfg, deterministic=not rs, interval_confidence=config.interval_confidence)
         ver[pa] = _scatter_verification(v, idx, len(ids))
-    return BatchOutcome(ids, ref, ref_status, todo, result, clean, ver, 0.0)
+    out = BatchOutcome(ids, ref, ref_status, todo, result, clean, ver, 0.0)
+    out.attack_seconds = t_attack / len(ids)
+    return out
 
 
 def _scatter_verification(v, idx: np.ndarray, size: int):
@@ -1383,6 +1404,7 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
         out = measure_batch(run, ids, images, labels, references_of(run, ids), programs[pkey], params, decide,
                             attack_root, verify_root, vcfg, config)
         out.seconds = (time.perf_counter() - t0) / len(ids)
+        out.verify_seconds = out.seconds - out.attack_seconds
         cert = certified_of(run.model, run.sigma, ids) if rs else None
         rec_store.append(attack_records(run, out, labels, cert, config))
 

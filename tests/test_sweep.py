@@ -23,7 +23,7 @@ from rsjax.errors import InputError
 from rsjax.results import open_run_dir, read_records
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING_FIELDS = {"seconds"}
+TIMING_FIELDS = set(sweep.TIMING_FIELDS)
 
 
 # ------------------------------------------------------------------------------------ grid
