@@ -37,7 +37,8 @@ def _nan_interval(size: int) -> Interval:
 def bootstrap(samples: Sequence[np.ndarray], statistic: Callable, confidence: float = 0.95,
               paired: bool = False, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Interval:
     """``statistic(*samples)`` with a ``confidence`` bootstrap interval (BCa; percentile when BCa
-    is undefined, e.g. a sample of identical values gives the point interval)."""
+    is undefined or a sample holds +inf, e.g. failures; a sample of identical values gives the
+    point interval)."""
     from scipy import stats
 
     samples = [np.asarray(s, np.float64) for s in samples]
@@ -47,14 +48,15 @@ def bootstrap(samples: Sequence[np.ndarray], statistic: Callable, confidence: fl
     est = float(statistic(*samples, axis=-1))
     if size < 2 or all(np.all(s == s[0]) for s in samples):
         return Interval(est, est, est, size)
-    for method in ("BCa", "percentile"):
+    finite = all(np.isfinite(s).all() for s in samples)
+    for method in (("BCa", "percentile") if finite else ("percentile",)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = stats.bootstrap(tuple(samples), statistic, confidence_level=confidence, paired=paired,
                                   vectorized=True, n_resamples=n_resamples, method=method,
                                   random_state=np.random.default_rng(seed))
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        if np.isfinite(low) and np.isfinite(high):
+        if not (np.isnan(low) or np.isnan(high)):  # +inf is a valid end (failures counted as inf)
             return Interval(est, min(low, est), max(high, est), size)
     return Interval(est, math.nan, math.nan, size)
 

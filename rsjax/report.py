@@ -32,6 +32,7 @@ from rsjax.errors import InputError
 SUMMARY_COLUMNS = [
     "model", "sigma", "n", "p_a", "criterion", "k_wrong", "attack", "reference_kind", "images", "attacked",
     "successes", "success_rate", "misclassified", "no_start", "unverified", "smoothed_abstain", "smoothed_wrong",
+    "success_rate_low", "success_rate_high", "median_l2_all", "median_l2_all_low", "median_l2_all_high",
     "mean_l2", "mean_l2_low", "mean_l2_high", "median_l2", "median_l2_low", "median_l2_high",
     "raw_mean_l2", "raw_mean_l2_low", "raw_mean_l2_high", "raw_median_l2", "raw_median_l2_low", "raw_median_l2_high",
     "mean_linf", "raw_mean_linf", "mean_raw_level", "mean_verified_level",
@@ -151,6 +152,14 @@ def summary_row(rs: Sequence[Mapping], accuracy: float, confidence: float = 0.95
                success_rate=len(ok) / len(rs),
                **{s: sum(x == s for x in status) for s in ("misclassified", "no_start", "unverified",
                                                             "smoothed_abstain", "smoothed_wrong")})
+    from rsjax.verify import clopper_pearson
+
+    lo, hi = clopper_pearson(len(ok), len(rs), confidence)
+    row.update(success_rate_low=float(lo), success_rate_high=float(hi))
+    # over every image the attacker was given (not the smoothed_* ones), failures counted as +inf
+    given = [r for r in rs if not str(r["status"]).startswith("smoothed")]
+    every = np.array([verified_distortion(r) if verified_distortion(r) is not None else np.inf for r in given])
+    _with_interval(row, "median_l2_all", median_interval(every, confidence))
     _with_interval(row, "mean_l2", mean_interval(ver, confidence))
     _with_interval(row, "median_l2", median_interval(ver, confidence))
     _with_interval(row, "raw_mean_l2", mean_interval(raw, confidence))
@@ -489,7 +498,7 @@ def _certified_section(run: Mapping[str, Any], figs: Mapping[str, str]) -> list[
 
 ATTACK_TABLE = ["model", "sigma", "n", "p_a", "criterion", "attack", "images", "success_rate", "misclassified",
                 "unverified", "smoothed_wrong", "smoothed_abstain", "mean_l2", "mean_l2_low", "mean_l2_high",
-                "median_l2", "raw_mean_l2", "mean_raw_level", "accuracy", "mean_queries", "max_queries_used",
+                "median_l2", "median_l2_all", "raw_mean_l2", "mean_raw_level", "accuracy", "mean_queries", "max_queries_used",
                 "mean_verification_calls", "median_ratio", "ratio_of_means", "frac_inside_radius",
                 "raw_frac_inside_radius"]
 
@@ -501,6 +510,8 @@ def _attacks_section(rows: Sequence[Mapping], ratios: Sequence[Mapping], figs: M
                "`mean_l2` [`_low`, `_high`]: mean verified L2 distortion over the images with a verified "
                "adversarial (0 for `misclassified`), with its bootstrap interval; `raw_mean_l2`: the attacker's "
                "own distortion of its output; `mean_raw_level`: the measured level at those outputs; "
+               "`median_l2_all`: median over every image given to the attacker, a failure (`unverified`, "
+               "`no_start`) counting as +∞ (∞ when half of them fail); "
                "`accuracy`: g_(σ,n) at the same (model, σ, n) (f for no-RS rows); `mean_queries` / "
                "`max_queries_used`: queries the attack spent; `median_ratio`: median per image of verified "
                "distortion ÷ certified radius; `ratio_of_means`: mean distortion ÷ mean radius (Fig. 4/5 "

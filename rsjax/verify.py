@@ -73,7 +73,7 @@ class VerifyConfig:
     power: float = 0.95
     growth: float = 2.0
     rel_tol: float = 0.01
-    max_t: float = 4096.0
+    max_t: float = 1e6
     block: int = 1024
 
     def validate(self) -> "VerifyConfig":
