@@ -172,27 +172,33 @@ def call_keys(root: jax.Array, image_ids: np.ndarray, call_index: np.ndarray) ->
     """Key of evaluator call c of image i: fold_in(fold_in(root, image_id), c) -> [P] keys."""
     ids = jnp.asarray(np.asarray(image_ids, np.int64).astype(np.uint32))
     cs = jnp.asarray(np.asarray(call_index, np.int64).astype(np.uint32))
+    return _call_keys_jit(root, ids, cs)
+
+
+@jax.jit
+def _call_keys_jit(root, ids, cs):
     return jax.vmap(lambda i, c: jax.random.fold_in(jax.random.fold_in(root, i), c))(ids, cs)
 
 
-def _run_calls(decide: DecideFn, points: np.ndarray, refs: np.ndarray, keys: jax.Array,
-               block: int) -> np.ndarray:
-    """decide() over P points in blocks of exactly ``block`` rows (the last block padded with
-    inactive rows): adversarial [P] bool."""
+def _run_calls(decide: DecideFn, points: np.ndarray, refs: np.ndarray, image_ids: np.ndarray,
+               call_index: np.ndarray, root: jax.Array, block: int) -> np.ndarray:
+    """decide() of call ``call_index[p]`` of image ``image_ids[p]`` at ``points[p]`` for P points,
+    in blocks of exactly ``block`` rows (the last block padded with inactive rows, keys computed
+    per block: one compiled shape): adversarial [P] bool."""
     p = len(points)
     out = np.zeros(p, bool)
     for lo in range(0, p, block):
         hi = min(p, lo + block)
         m = hi - lo
-        pts, rf, ks = points[lo:hi], refs[lo:hi], keys[lo:hi]
+        sl = slice(lo, hi)
+        pts, rf, ids, cs = points[sl], refs[sl], image_ids[sl], call_index[sl]
         active = np.ones(block, bool)
         if m < block:
             pad = block - m
             pts = np.concatenate([pts, np.repeat(pts[:1], pad, axis=0)])
-            rf = np.concatenate([rf, np.repeat(rf[:1], pad)])
-            ks = jnp.concatenate([ks, jnp.repeat(ks[:1], pad, axis=0)])
+            rf, ids, cs = (np.concatenate([a, np.repeat(a[:1], pad)]) for a in (rf, ids, cs))
             active[m:] = False
-        out[lo:hi] = np.asarray(decide(pts, rf, ks, active))[:m]
+        out[lo:hi] = np.asarray(decide(pts, rf, call_keys(root, ids, cs), active))[:m]
     return out
 
 
@@ -231,8 +237,8 @@ def run_level_tests(decide: DecideFn, points: np.ndarray, refs: np.ndarray, imag
     accepted = np.zeros(j_items, bool)
     live = np.ones(j_items, bool)
     if deterministic:
-        keys = call_keys(root, image_ids, np.zeros(j_items, np.int64))
-        adv = _run_calls(decide, points, refs, keys, config.block) if j_items else np.zeros(0, bool)
+        adv = (_run_calls(decide, points, refs, image_ids, np.zeros(j_items, np.int64), root, config.block)
+               if j_items else np.zeros(0, bool))
         return TestOutcome(adv, adv.astype(np.int64), np.ones(j_items, np.int64))
     look = np.zeros(j_items, np.int64)
     while live.any():
@@ -241,8 +247,7 @@ def run_level_tests(decide: DecideFn, points: np.ndarray, refs: np.ndarray, imag
         need = target - calls[idx]
         item = np.repeat(idx, need)
         cidx = np.concatenate([np.arange(calls[j], t) for j, t in zip(idx, target)])
-        keys = call_keys(root, image_ids[item], cidx)
-        adv = _run_calls(decide, points[item], refs[item], keys, config.block)
+        adv = _run_calls(decide, points[item], refs[item], image_ids[item], cidx, root, config.block)
         np.add.at(wrong, item, adv.astype(np.int64))
         calls[idx] = target
         for j in idx:

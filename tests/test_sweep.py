@@ -280,6 +280,11 @@ def test_smoke_run_outputs(smoke_reference):
             assert not r["success"] and r["l2"] is None and r["queries"] == 0
     for r in rs:  # evaluations never exceed the nominal n per query
         assert r["evaluations"] <= r["queries"] * r["n"]
+    # Cohen's theorem: within the certified radius no point reaches level 1/2 (up to alpha and the
+    # test's error): at most 2 % of verified distortions may lie inside it
+    with_radius = [r for r in rs if r["success"] and (r["radius"] or 0) > 0]
+    inside = [r for r in with_radius if r["verified_l2"] < r["radius"]]
+    assert with_radius and len(inside) <= 0.02 * len(with_radius), (len(inside), len(with_radius))
     env = json.loads((out / "env.json").read_text())
     assert env["seed"] == cfg.seed and env["devices"]
 

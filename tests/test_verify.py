@@ -90,7 +90,7 @@ def exact_t(x_o, d, w, b, n, level):
     bends at the box, so the level along it need not be monotone: scan, then bracket)."""
     def g(t):
         return exact_level(np.clip(x_o + t * d, 0, 1)[None], w, b, n)[0] - level
-    grid = np.concatenate([[0.0], np.geomspace(1e-3, 1e5, 4000)])
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, 1e7, 6000)])
     vals = exact_level(np.clip(x_o[None] + grid[:, None, None, None] * d[None], 0, 1), w, b, n) - level
     k = int(np.flatnonzero(vals >= 0)[0])
     return optimize.brentq(g, grid[k - 1], grid[k], xtol=1e-12)
