@@ -22,7 +22,8 @@ the posterior concentrates where that probability crosses 1/2 (the level-1/2 poi
   prior_h p_h^(N - D[c]) (1 - p_h)^D[c]; it is evaluated in the log domain with fixed-order sums
   (:func:`rsjax.attacks.common.tree_sum`, a pairwise prefix sum), so an image's search does not
   depend on which images share its batch.
-* Each round queries the posterior median of t (a grid edge) and updates D; the search stops
+* Each round queries the posterior median of t (the grid edge nearest to it in probability)
+  and updates D; the search stops
   when the central ``credible`` interval of t is at most ``width`` wide, or after
   ``max_queries`` rounds (a static cap), or when the budget ends.
 * Result: the posterior median ``a`` (the estimate of the crossing), the credible interval
@@ -104,11 +105,8 @@ class Posterior(NamedTuple):
     p_c: jax.Array  # posterior mean of p_c
 
 
-def posterior(contra: jax.Array, n_answers: jax.Array, log_prior: jax.Array, p_hyp: np.ndarray,
-              credible: float) -> Posterior:
-    """The posterior of (t, p_c) from the contradiction counts ``contra`` [B, G] (int), the
-    number of answers [B] and the log prior over hypotheses [B, H]."""
-    g = contra.shape[-1]
+def _marginals(contra: jax.Array, n_answers: jax.Array, log_prior: jax.Array, p_hyp: np.ndarray):
+    """(cdf [B, G] with cdf[:, c] = P[t < (c+1)/G], posterior over hypotheses [B, H])."""
     p = jnp.asarray(p_hyp, jnp.float32)  # [H]
     log_r = jnp.log1p(-p) - jnp.log(p)  # log((1-p)/p) < 0
     dmin = jnp.min(contra, axis=-1)  # exact (integers)
@@ -122,9 +120,16 @@ def posterior(contra: jax.Array, n_answers: jax.Array, log_prior: jax.Array, p_h
     ph = jnp.exp(log_h)
     ph = ph / tree_sum(ph, axis=1)[:, None]
     cells = tree_sum(ph[:, :, None] * w / s[:, :, None], axis=1)  # [B, G] marginal of t
-    cdf = prefix_sum(cells)  # cdf[k] = P[t < (k+1)/G]
-    total = cdf[:, -1:]
-    cdf = cdf / total
+    cdf = prefix_sum(cells)
+    return cdf / cdf[:, -1:], ph
+
+
+def posterior(contra: jax.Array, n_answers: jax.Array, log_prior: jax.Array, p_hyp: np.ndarray,
+              credible: float) -> Posterior:
+    """The posterior of (t, p_c) from the contradiction counts ``contra`` [B, G] (int), the
+    number of answers [B] and the log prior over hypotheses [B, H]."""
+    g = contra.shape[-1]
+    cdf, ph = _marginals(contra, n_answers, log_prior, p_hyp)
 
     def edge(q):  # smallest edge e = (k+1)/G with P[t < e] >= q
         k = jnp.sum((cdf < q).astype(jnp.int32), axis=1)  # exact integer count
@@ -135,16 +140,21 @@ def posterior(contra: jax.Array, n_answers: jax.Array, log_prior: jax.Array, p_h
         return k.astype(jnp.float32) / g
 
     tail = 0.5 * (1.0 - credible)
-    med = edge(0.5)
-    return Posterior(median=med, lo=low_edge(tail), hi=edge(1.0 - tail),
+    p = jnp.asarray(p_hyp, jnp.float32)
+    return Posterior(median=edge(0.5), lo=low_edge(tail), hi=edge(1.0 - tail),
                      log_hyp=jnp.log(jnp.maximum(ph, 1e-30)), p_c=tree_sum(ph * p[None, :], axis=1))
 
 
 def _query_edge(contra: jax.Array, n_answers: jax.Array, log_prior, p_hyp, g: int):
-    """The edge queried next: the posterior median, kept strictly inside (0, 1) on the grid
-    (edge 1 .. G-1): [B] int32 edge index."""
-    pst = posterior(contra, n_answers, log_prior, p_hyp, 0.5)
-    k = jnp.round(pst.median * g).astype(jnp.int32)
+    """The edge queried next: of the two grid edges around the posterior median, the one whose
+    cdf is closer to 1/2 (Horstein's median restricted to the grid; always taking the upper one
+    would keep asking the same edge once the mass sits in one cell), within 1 .. G-1: [B]."""
+    cdf, _ = _marginals(contra, n_answers, log_prior, p_hyp)
+    k1 = 1 + jnp.sum((cdf < 0.5).astype(jnp.int32), axis=1)  # smallest k with P[t < k/G] >= 1/2
+    k1 = jnp.minimum(k1, g)
+    e1 = jnp.take_along_axis(cdf, (k1 - 1)[:, None], axis=1)[:, 0]
+    e0 = jnp.where(k1 >= 2, jnp.take_along_axis(cdf, jnp.maximum(k1 - 2, 0)[:, None], axis=1)[:, 0], 0.0)
+    k = jnp.where(0.5 - e0 < e1 - 0.5, k1 - 1, k1)
     return jnp.clip(k, 1, g - 1)
 
 
