@@ -45,6 +45,7 @@ import jax.numpy as jnp
 
 from rsjax.attacks.common import AttackCore, AttackEnv, attack_keys, bcast, clip01, l2_norm, query_one, remaining
 from rsjax.attacks.hsja import HSJA, HSJAConfig
+from rsjax.attacks.surfree import _as_two_rows, _first_row
 from rsjax.attacks.noisy import carry_prior, default_prior, hypotheses, prob_bisection, set_current
 from rsjax.errors import InputError
 
@@ -115,8 +116,22 @@ class PSJ(HSJA):
         seg = l2_norm(far - env.x)
         return point(res.a), ok, 0.5 * (res.hi - res.lo) * seg, res, core
 
-    # ------------------------------------------------------------------ start
+    # -- single-image batches run as two rows (as SurFree: XLA CPU contracts the blends'
+    #    a*b+c differently in [1, ...] programs, a last-bit difference from the batched run)
     def init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
+        if env.x.shape[0] == 1:
+            env2, (core2, active2) = _as_two_rows(env, (core, active))
+            return _first_row(self._init(oracle, env2, core2, active2))
+        return self._init(oracle, env, core, active)
+
+    def step(self, oracle, env: AttackEnv, core: AttackCore, st: PSJState, active: jax.Array):
+        if env.x.shape[0] == 1:
+            env2, (core2, st2, active2) = _as_two_rows(env, (core, st, active))
+            return _first_row(self._step(oracle, env2, core2, st2, active2))
+        return self._step(oracle, env, core, st, active)
+
+    # ------------------------------------------------------------------ start
+    def _init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
         c = self.config
         keys = attack_keys(env.image_keys, 0)
         shape = env.x.shape[1:]
@@ -159,7 +174,7 @@ class PSJ(HSJA):
         return core, st
 
     # ------------------------------------------------------------------ iteration
-    def step(self, oracle, env: AttackEnv, core: AttackCore, st: PSJState, active: jax.Array):
+    def _step(self, oracle, env: AttackEnv, core: AttackCore, st: PSJState, active: jax.Array):
         c = self.config
         d = math.prod(env.x.shape[1:])
         theta = self._theta(env, c.gamma)
