@@ -1,0 +1,323 @@
+"""Noise-aware RayS ('rays_na') and SurFree ('surfree_na'): the published attacks with their
+line searches replaced by the probabilistic bisection and their single yes/no answers by the
+capped SPRT of :mod:`rsjax.attacks.noisy`. Registered as separate attacks (not an option of
+'rays' / 'surfree', whose results stay bit-identical).
+
+Both run one *macro step* per driver step (several queries, bounded ``while_loop``s), carry
+the posterior over the answer accuracy p_c from one search to the next (the SPRT's
+indifference zone is (1 - p1, p1) with p1 = clip(p_c estimate, ``min_p1``, 0.999): about one
+answer per decision on a deterministic oracle), and report their *current* estimate of the
+level-1/2 boundary point (:func:`rsjax.attacks.noisy.set_current`).
+
+rays_na, one step per candidate direction (RayS's block schedule unchanged):
+  * candidate s' = s with the current block negated (level 0: everything), as RayS;
+  * SPRT "clip(x + d_t u(s')) is adversarial" (d_t = inf: the saturated image), at most
+    ``sprt_max_queries`` answers;
+  * on "yes": probabilistic bisection of the radius on [0, min(d_t, sqrt D)] along u(s'); if it
+    finds a crossing, adopt s' and d_t = its posterior median (the SPRT already gave evidence
+    that the crossing along s' lies below d_t: no comparison of noisy radii);
+  * next block.
+surfree_na, one step per direction v (SurFree's DCT directions, Gram-Schmidt history and
+theta_max adaptation unchanged):
+  * start: x + 0.5 N(0, I) until one adversarial answer, then two probabilistic bisections of
+    the blend (as :mod:`rsjax.attacks.psj`);
+  * SPRT at z(+theta_max), then (if "no") at z(-theta_max); success if either says "yes"
+    (theta_max /= rho, else *= rho);
+  * on success: probabilistic bisection of the angle between the accepted probe theta_p
+    (adversarial end) and sign(theta_p) min(|theta_p| (1 + 1/rho), 89 deg); the new x_adv
+    is z at the posterior median angle.
+  Queried points are clipped and quantised to 1/255 like SurFree's (``quantization``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsjax.attacks import dct
+from rsjax.attacks.common import AttackCore, AttackEnv, DecisionAttack, attack_keys, bcast, clip01, flat, query_one
+from rsjax.attacks.noisy import carry_prior, default_prior, prob_bisection, set_current, sprt
+from rsjax.attacks.surfree import circle_point, orthogonal_direction, quantize, unit, update_theta_max
+from rsjax.errors import InputError
+
+
+@dataclass(frozen=True)
+class NoiseAwareConfig:
+    """Settings shared by the noise-aware searches (see :mod:`rsjax.attacks.noisy`)."""
+
+    grid: int = 256
+    search_max_queries: int = 30
+    search_width: float = 2.0 / 256
+    credible: float = 0.9
+    p_c: float | None = None  # None: estimated
+    sprt_max_queries: int = 10
+    sprt_alpha: float = 0.05
+    sprt_beta: float = 0.05
+    min_p1: float = 0.6
+    chunk_steps: int = 8
+
+
+def _check_noise_config(name: str, c) -> None:
+    for f in ("grid", "search_max_queries", "sprt_max_queries"):
+        v = getattr(c, f)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"{name}: {f} must be an integer >= 1, got {v!r}")
+    if c.grid < 2:
+        raise InputError(f"{name}: grid must be >= 2, got {c.grid!r}")
+    if c.p_c is not None and not 0.5 < c.p_c < 1:
+        raise InputError(f"{name}: p_c must lie in (1/2, 1) or be None, got {c.p_c!r}")
+    for f in ("search_width", "credible", "sprt_alpha", "sprt_beta"):
+        v = getattr(c, f)
+        if not 0 < v < 1:
+            raise InputError(f"{name}: {f} must lie in (0, 1), got {v!r}")
+    if not 0.5 < c.min_p1 < 1:
+        raise InputError(f"{name}: min_p1 must lie in (1/2, 1), got {c.min_p1!r}")
+
+
+class _NoiseAware:
+    """Mixin: the searches and decisions with the config's settings."""
+
+    def _p1(self, p_c):
+        c = self.config
+        return jnp.clip(p_c if c.p_c is None else jnp.full_like(p_c, c.p_c), c.min_p1, 0.999)
+
+    def _decide(self, oracle, env, core, point, mask, p_c):
+        c = self.config
+        return sprt(oracle, env, core, point, mask, self._p1(p_c), max_queries=c.sprt_max_queries,
+                    alpha=c.sprt_alpha, beta=c.sprt_beta)
+
+    def _bisect(self, oracle, env, core, point, mask, log_prior):
+        c = self.config
+        res, core = prob_bisection(oracle, env, core, point, mask, grid=c.grid, max_queries=c.search_max_queries,
+                                   width=c.search_width, credible=c.credible, p_c=c.p_c, log_prior=log_prior)
+        ok = mask & res.any_adv & (res.a < 1.0 - 0.5 / c.grid)
+        return res, ok, core
+
+    def _next_prior(self, res, log_prior, mask):
+        if self.config.p_c is not None:
+            return log_prior
+        return jnp.where(mask[:, None], carry_prior(res.log_hyp), log_prior)
+
+
+def _prior_mean(b: int, p_c: float | None) -> jax.Array:
+    from rsjax.attacks.noisy import hypotheses
+
+    lp = default_prior(b, p_c)
+    return jnp.sum(jnp.exp(lp) * jnp.asarray(hypotheses(p_c))[None, :], axis=1)
+
+
+# =========================================================================== RayS
+
+@dataclass(frozen=True)
+class RaySNAConfig(NoiseAwareConfig):
+    """Noise-aware RayS (module docstring)."""
+
+
+class RaySNAState(NamedTuple):
+    sign: jax.Array  # [B, D]
+    d_t: jax.Array  # [B] radius estimate along u(sign) (inf when none)
+    level: jax.Array  # [B] int32
+    block: jax.Array  # [B] int32
+    log_hyp: jax.Array  # [B, H] prior over p_c for the next search
+    p_c: jax.Array  # [B] current accuracy estimate
+
+
+class RaySNA(_NoiseAware, DecisionAttack):
+    """Noise-aware RayS (L-inf); ``RaySNA(**overrides)`` with :class:`RaySNAConfig`."""
+
+    name = "rays_na"
+    metric = "linf"
+    Config = RaySNAConfig
+    start_in_init = False
+
+    def check_config(self) -> None:
+        super().check_config()
+        _check_noise_config(self.name, self.config)
+
+    def init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
+        b = env.x.shape[0]
+        d = math.prod(env.x.shape[1:])
+        p_c = self.config.p_c
+        return core, RaySNAState(jnp.ones((b, d), jnp.float32), jnp.full((b,), jnp.inf, jnp.float32),
+                                 jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.int32), default_prior(b, p_c),
+                                 _prior_mean(b, p_c))
+
+    def step(self, oracle, env: AttackEnv, core: AttackCore, st: RaySNAState, active: jax.Array):
+        d = math.prod(env.x.shape[1:])
+        max_level = max(0, math.ceil(math.log2(d)))
+        sqrt_d = math.sqrt(d)
+        n_blocks = jnp.left_shift(1, st.level)
+        size = (d + n_blocks - 1) // n_blocks
+        start = st.block * size
+        end = jnp.minimum(d, start + size)
+        idx = jnp.arange(d)[None, :]
+        flip = (idx >= start[:, None]) & (idx < end[:, None])
+        attempt = jnp.where(flip, -st.sign, st.sign)
+        unit_dir = (attempt / sqrt_d).reshape(env.x.shape)
+
+        def along(r):
+            return clip01(env.x + bcast(r, unit_dir) * unit_dir)
+
+        dec, core = self._decide(oracle, env, core, along(st.d_t), active, st.p_c)
+        r_hi = jnp.minimum(st.d_t, sqrt_d)
+        res, ok, core = self._bisect(oracle, env, core, lambda a: along(a * r_hi), dec.adversarial, st.log_hyp)
+        d_new = res.a * r_hi
+        sign = jnp.where(ok[:, None], attempt, st.sign)
+        d_t = jnp.where(ok, d_new, st.d_t)
+        core = set_current(env, core, along(d_new), ok)
+        log_hyp = self._next_prior(res, st.log_hyp, dec.adversarial)
+        p_c = jnp.where(dec.adversarial, res.p_c, st.p_c)
+
+        # the next direction
+        leave = active
+        block = st.block + 1
+        next_level = (block == n_blocks) | (end == d)
+        level = jnp.where(leave & next_level, jnp.minimum(st.level + 1, max_level), st.level)
+        block = jnp.where(leave, jnp.where(next_level, 0, block), st.block)
+        return core, RaySNAState(sign, d_t, level, block, log_hyp, p_c)
+
+
+# =========================================================================== SurFree
+
+@dataclass(frozen=True)
+class SurFreeNAConfig(NoiseAwareConfig):
+    """Noise-aware SurFree; SurFree's direction settings (authors' defaults) plus the noise-aware
+    ones."""
+
+    theta_max: float = 30.0
+    n_ortho: int = 100
+    rho: float = 0.95
+    quantization: bool = True
+    basis_function: str = "tanh"
+    tanh_gamma: float = 1.0
+    frequency_range: tuple = (0.0, 0.5)
+    beta: float = 0.0
+    start_sigma: float = 0.5
+    start_max_tries: int = 100
+    max_angle: float = 89.0
+
+
+class SurFreeNAState(NamedTuple):
+    x_adv: jax.Array  # [B, H, W, C] current boundary estimate
+    basis: jax.Array  # [B, H, W, C]
+    history: jax.Array  # [B, n_ortho, D]
+    n_dirs: jax.Array  # [B] int32
+    theta_max: jax.Array  # [B] float32 degrees
+    log_hyp: jax.Array  # [B, H]
+    p_c: jax.Array  # [B]
+
+
+class SurFreeNA(_NoiseAware, DecisionAttack):
+    """Noise-aware SurFree (L2); ``SurFreeNA(**overrides)`` with :class:`SurFreeNAConfig`."""
+
+    name = "surfree_na"
+    metric = "l2"
+    Config = SurFreeNAConfig
+
+    def check_config(self) -> None:
+        super().check_config()
+        c = self.config
+        _check_noise_config(self.name, c)
+        if not 0 < c.theta_max < 90 or not 0 < c.max_angle < 90:
+            raise InputError(f"{self.name}: theta_max and max_angle must lie in (0, 90)")
+        if not 0 < c.rho <= 1:
+            raise InputError(f"{self.name}: rho must lie in (0, 1], got {c.rho!r}")
+        if isinstance(c.n_ortho, bool) or not isinstance(c.n_ortho, int) or c.n_ortho < 1:
+            raise InputError(f"{self.name}: n_ortho must be an integer >= 1, got {c.n_ortho!r}")
+        if c.basis_function not in dct.BASIS_FUNCTIONS:
+            raise InputError(f"{self.name}: unknown basis_function {c.basis_function!r}")
+
+    def _ask(self, x):
+        x = clip01(x)
+        x = quantize(x) if self.config.quantization else x
+        return jax.lax.optimization_barrier(x)
+
+    def _line(self, oracle, env, core, far, mask, log_prior):
+        def point(a):
+            return self._ask((1.0 - bcast(a, env.x)) * env.x + bcast(a, env.x) * far)
+
+        res, ok, core = self._bisect(oracle, env, core, point, mask, log_prior)
+        return point(res.a), res, ok, core
+
+    def init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
+        c = self.config
+        x = env.x
+        b = x.shape[0]
+        key0 = attack_keys(env.image_keys, 0)
+
+        def cond(s):
+            t, searching, _, _, _ = s
+            return (t < c.start_max_tries) & jnp.any(searching)
+
+        def body(s):
+            t, searching, hit, start, core_ = s
+            keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(key0)
+            noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
+            point = self._ask(x + c.start_sigma * noise)
+            out = query_one(oracle, env, core_, point, searching)
+            start = jnp.where(bcast(out.adversarial, x), point, start)
+            return t + 1, searching & out.sent & ~out.adversarial, hit | out.adversarial, start, out.core
+
+        _, _, got, start, core = jax.lax.while_loop(cond, body, (0, active, jnp.zeros_like(active), x, core))
+        prior = default_prior(b, c.p_c)
+        p1, r1, ok1, core = self._line(oracle, env, core, start, got, prior)
+        hi1 = jnp.minimum(r1.hi + 1.0 / c.grid, 1.0)
+        far = jnp.where(bcast(ok1, x), (1.0 - bcast(hi1, x)) * x + bcast(hi1, x) * start, start)
+        prior = self._next_prior(r1, prior, got)
+        p2, r2, ok2, core = self._line(oracle, env, core, far, got, prior)
+        x_adv = jnp.where(bcast(ok2, x), p2, jnp.where(bcast(ok1, x), p1, start))
+        core = set_current(env, core, x_adv, got)
+        core = core._replace(found=got)
+
+        h, w, _ = x.shape[1:]
+        mask = jnp.asarray(dct.zigzag_mask(h, w, tuple(c.frequency_range)))
+        basis = jax.vmap(lambda xi: dct.basis_weights(xi, mask, c.basis_function, c.tanh_gamma))(x)
+        d = int(np.prod(x.shape[1:]))
+        st = SurFreeNAState(x_adv, basis, jnp.zeros((b, c.n_ortho, d), x.dtype), jnp.zeros((b,), jnp.int32),
+                            jnp.full((b,), c.theta_max, jnp.float32), self._next_prior(r2, prior, got),
+                            jnp.where(got, r2.p_c, _prior_mean(b, c.p_c)))
+        return core, st
+
+    def step(self, oracle, env: AttackEnv, core: AttackCore, st: SurFreeNAState, active: jax.Array):
+        c = self.config
+        x = env.x
+        # a new direction (SurFree's: DCT, orthogonal to u and the history ring)
+        keys = attack_keys(env.image_keys, st.n_dirs + 1)
+        raw = jax.vmap(lambda k, wgt: dct.random_dct_direction(k, wgt, c.beta))(keys, st.basis)
+        u = unit(flat(st.x_adv - x))
+        v, exhausted = orthogonal_direction(flat(raw), u, st.history)
+        history = jnp.where((exhausted & active)[:, None, None], 0.0, st.history)
+        slot = st.n_dirs % c.n_ortho
+        onehot = (jnp.arange(c.n_ortho)[None, :] == slot[:, None]) & active[:, None]
+        history = jnp.where(onehot[:, :, None], v[:, None, :], history)
+        n_dirs = st.n_dirs + active.astype(jnp.int32)
+
+        def z(theta):
+            return self._ask(circle_point(x, st.x_adv, v, theta, clip=True))
+
+        d_plus, core = self._decide(oracle, env, core, z(st.theta_max), active, st.p_c)
+        minus = active & ~d_plus.adversarial
+        d_minus, core = self._decide(oracle, env, core, z(-st.theta_max), minus, st.p_c)
+        success = d_plus.adversarial | d_minus.adversarial
+        theta_p = jnp.where(d_plus.adversarial, st.theta_max, -st.theta_max)
+        theta_max = update_theta_max(st.theta_max, success, active & ~success, c.rho)
+        theta_end = jnp.sign(theta_p) * jnp.minimum(jnp.abs(theta_p) * (1.0 + 1.0 / c.rho), c.max_angle)
+
+        def on_arc(a):  # a = 1: the accepted probe (adversarial), a = 0: theta_end
+            return z(theta_end + a * (theta_p - theta_end))
+
+        res, ok, core = self._bisect(oracle, env, core, on_arc, success, st.log_hyp)
+        x_new = on_arc(res.a)
+        x_adv = jnp.where(bcast(ok, x), x_new, st.x_adv)
+        core = set_current(env, core, x_adv, ok)
+        return core, SurFreeNAState(x_adv, st.basis, history, n_dirs, theta_max,
+                                    self._next_prior(res, st.log_hyp, success),
+                                    jnp.where(success, res.p_c, st.p_c))
+
+
+__all__ = ["NoiseAwareConfig", "RaySNA", "RaySNAConfig", "RaySNAState", "SurFreeNA", "SurFreeNAConfig",
+           "SurFreeNAState"]

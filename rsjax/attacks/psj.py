@@ -1,0 +1,208 @@
+"""PopSkipJump (Simon-Gabriel, Sheikh, Krause, ICML 2021; authors' code cjsg/PopSkipJump):
+HopSkipJump for probabilistic classifiers, L2, batched over images like :mod:`rsjax.attacks.hsja`
+(whose start search and gradient estimator it reuses).
+
+What changes with respect to HSJA (d = H*W*C):
+
+* **Boundary search**: the probabilistic bisection of :mod:`rsjax.attacks.noisy` (posterior over
+  the crossing on a grid of ``grid`` cells, median queries, answer accuracy p_c known or
+  estimated over hypotheses, the p_c posterior carried from one search to the next) instead of
+  the deterministic bisection. It stops at a central ``credible`` interval of ``search_width``
+  (default two cells) or after ``search_max_queries`` queries. The boundary point x_b is the
+  posterior median (the level-1/2 point of a random classifier). The authors use an info-max
+  acquisition under a logistic model (t, s, eps); median (Horstein) queries under the
+  constant-p_c model are used here (cheaper, one query per round and image, bounded loops).
+* **Start**: HSJA's uniform-noise search (one answer per try), then two probabilistic
+  bisections: on [x, start], then on [x, upper credible end of the first] (the second one
+  refines the resolution, as HSJA's blend search followed by its boundary search).
+* **Gradient estimate**: HSJA's estimator with n_t = init_num_evals sqrt(t) probes multiplied by
+  the noise factor min(max_eval_factor, 1 / (2 p_c - 1)^2) (p_c: the posterior mean of the last
+  search; the variance of a +-1 answer's signal grows like 1 / (2 p_c - 1)^2), capped by
+  ``max_num_evals`` and by the budget left after one search. The probe radius is HSJA's,
+  raised to sqrt(d) times the half-width of the last search's credible interval (in pixels):
+  probes must straddle the uncertain boundary (the authors likewise widen it to the grid
+  resolution, delta = dist sqrt(d) / grid).
+* **Step**: eps = ||x_b - x|| / sqrt(t) along the estimate without a step-size search (no
+  query; the authors' choice), then the authors' opposite movement
+  z = clip(x_s + 0.5 (x_s - x)), then the boundary search on [x, z]. A search that finds no
+  crossing inside the segment (posterior median at the far end, or no adversarial answer)
+  rejects the step.
+* **Reported point**: the current x_b (see :func:`rsjax.attacks.noisy.set_current`), not the
+  closest point ever answered adversarial. On a deterministic oracle x_b lies within one grid
+  cell of the boundary, on either side.
+
+On a deterministic classifier the searches become bisections on the grid edges (the p_c
+posterior moves to 0.999 after consistent answers), the noise factor is ~1: HSJA's efficiency.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rsjax.attacks.common import AttackCore, AttackEnv, attack_keys, bcast, clip01, l2_norm, query_one, remaining
+from rsjax.attacks.hsja import HSJA, HSJAConfig
+from rsjax.attacks.surfree import _as_two_rows, _first_row
+from rsjax.attacks.noisy import carry_prior, default_prior, hypotheses, prob_bisection, set_current
+from rsjax.errors import InputError
+
+
+@dataclass(frozen=True)
+class PSJConfig(HSJAConfig):
+    """HSJA's settings plus the noise-aware ones (see the module docstring). ``p_c`` None:
+    estimated; a number in (1/2, 1): known answer accuracy."""
+
+    grid: int = 256
+    search_max_queries: int = 40
+    search_width: float | None = None  # None: 2 / grid
+    credible: float = 0.9
+    p_c: float | None = None
+    max_eval_factor: float = 4.0
+    opposite: float = 0.5
+    num_iterations: int = 10_000  # the budget decides (the authors run 32-64 iterations)
+
+
+class PSJState(NamedTuple):
+    x_b: jax.Array  # [B, H, W, C] current boundary estimate
+    dist: jax.Array  # [B] ||x_b - x||
+    halfwidth: jax.Array  # [B] half-width of the last search's credible interval, pixels (L2)
+    log_hyp: jax.Array  # [B, H] prior over p_c for the next search
+    p_c: jax.Array  # [B] posterior mean accuracy of the last search
+
+
+class PSJ(HSJA):
+    """PopSkipJump, L2. ``PSJ(**overrides)`` with the fields of :class:`PSJConfig`."""
+
+    name = "psj"
+    metric = "l2"
+    Config = PSJConfig
+
+    def check_config(self) -> None:
+        super().check_config()
+        c = self.config
+        for name in ("grid", "search_max_queries"):
+            v = getattr(c, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+                raise InputError(f"{name} must be an integer >= 2, got {v!r}")
+        if c.p_c is not None and not 0.5 < c.p_c < 1:
+            raise InputError(f"p_c must lie in (1/2, 1) or be None (estimated), got {c.p_c!r}")
+        if c.search_width is not None and not 0 < c.search_width < 1:
+            raise InputError(f"search_width must lie in (0, 1), got {c.search_width!r}")
+        if not 0 < c.credible < 1:
+            raise InputError(f"credible must lie in (0, 1), got {c.credible!r}")
+        if not c.max_eval_factor >= 1:
+            raise InputError(f"max_eval_factor must be >= 1, got {c.max_eval_factor!r}")
+        if not c.opposite >= 0:
+            raise InputError(f"opposite must be >= 0, got {c.opposite!r}")
+
+    @property
+    def _width(self) -> float:
+        c = self.config
+        return c.search_width if c.search_width is not None else 2.0 / c.grid
+
+    def _search(self, oracle, env, core, far, mask, log_prior):
+        """Probabilistic bisection on [x, far]: (x_b, ok, halfwidth, SearchResult, core)."""
+        c = self.config
+
+        def point(a):
+            return (1.0 - bcast(a, env.x)) * env.x + bcast(a, env.x) * far
+
+        res, core = prob_bisection(oracle, env, core, point, mask, grid=c.grid, max_queries=c.search_max_queries,
+                                   width=self._width, credible=c.credible, p_c=c.p_c, log_prior=log_prior)
+        ok = mask & res.any_adv & (res.a < 1.0 - 0.5 / c.grid)
+        seg = l2_norm(far - env.x)
+        return point(res.a), ok, 0.5 * (res.hi - res.lo) * seg, res, core
+
+    # -- single-image batches run as two rows (as SurFree: XLA CPU contracts the blends'
+    #    a*b+c differently in [1, ...] programs, a last-bit difference from the batched run)
+    def init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
+        if env.x.shape[0] == 1:
+            env2, (core2, active2) = _as_two_rows(env, (core, active))
+            return _first_row(self._init(oracle, env2, core2, active2))
+        return self._init(oracle, env, core, active)
+
+    def step(self, oracle, env: AttackEnv, core: AttackCore, st: PSJState, active: jax.Array):
+        if env.x.shape[0] == 1:
+            env2, (core2, st2, active2) = _as_two_rows(env, (core, st, active))
+            return _first_row(self._step(oracle, env2, core2, st2, active2))
+        return self._step(oracle, env, core, st, active)
+
+    # ------------------------------------------------------------------ start
+    def _init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
+        c = self.config
+        keys = attack_keys(env.image_keys, 0)
+        shape = env.x.shape[1:]
+        b = env.x.shape[0]
+
+        def noise(i):
+            return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i), shape))(keys)
+
+        def cond(s):
+            i, searching, _, _, _ = s
+            return (i < c.max_init_tries) & jnp.any(searching)
+
+        def body(s):
+            i, searching, hit, start, core_ = s
+            u = noise(i)
+            out = query_one(oracle, env, core_, u, searching)
+            start = jnp.where(bcast(out.adversarial, start), u, start)
+            hit = hit | out.adversarial
+            searching = searching & out.sent & ~out.adversarial
+            return i + 1, searching, hit, start, out.core
+
+        _, _, got, start, core = jax.lax.while_loop(
+            cond, body, (0, active, jnp.zeros_like(active), env.x, core))
+        prior = default_prior(b, c.p_c)
+        _, ok1, _, r1, core = self._search(oracle, env, core, start, got, prior)
+        hi1 = jnp.minimum(r1.hi + 1.0 / c.grid, 1.0)
+        far = (1.0 - bcast(hi1, env.x)) * env.x + bcast(hi1, env.x) * start
+        far = jnp.where(bcast(ok1, far), far, start)
+        prior = carry_prior(r1.log_hyp) if c.p_c is None else prior
+        x_b, ok2, half, r2, core = self._search(oracle, env, core, far, got, prior)
+        # the second search failing (noise) falls back on the first one's estimate
+        # (and on the start itself when that one failed too: a single answer found it)
+        x_b1 = (1.0 - bcast(r1.a, env.x)) * env.x + bcast(r1.a, env.x) * start
+        x_b = jnp.where(bcast(ok2, x_b), x_b, jnp.where(bcast(ok1, x_b1), x_b1, start))
+        found = got
+        core = set_current(env, core, x_b, found)
+        core = core._replace(found=found)
+        st = PSJState(x_b, l2_norm(x_b - env.x), jnp.where(ok2, half, 0.0),
+                      carry_prior(r2.log_hyp) if c.p_c is None else prior, r2.p_c)
+        return core, st
+
+    # ------------------------------------------------------------------ iteration
+    def _step(self, oracle, env: AttackEnv, core: AttackCore, st: PSJState, active: jax.Array):
+        c = self.config
+        d = math.prod(env.x.shape[1:])
+        theta = self._theta(env, c.gamma)
+        t = (core.steps + 1).astype(jnp.float32)
+        key = attack_keys(env.image_keys, core.steps + 1)
+
+        delta = jnp.where(t == 1, 0.1, math.sqrt(d) * theta * st.dist)
+        delta = jnp.maximum(jnp.maximum(delta, math.sqrt(d) * st.halfwidth), 1e-12)
+        factor = jnp.minimum(c.max_eval_factor, 1.0 / jnp.square(jnp.maximum(2.0 * st.p_c - 1.0, 1e-3)))
+        n_evals = jnp.floor(c.init_num_evals * jnp.sqrt(t) * factor).astype(jnp.int32)
+        n_evals = jnp.minimum(jnp.minimum(n_evals, c.max_num_evals),
+                              jnp.maximum(remaining(env, core) - c.search_max_queries, 0))
+        g, g_ok, core = self._gradient(oracle, env, core, st.x_b, delta, n_evals, key, active)
+
+        eps = st.dist / jnp.sqrt(t)
+        stepped = clip01(st.x_b + bcast(eps, g) * g)
+        far = clip01(stepped + c.opposite * (stepped - env.x))
+        go = active & g_ok & (st.dist > 0)
+        x_new, moved, half, res, core = self._search(oracle, env, core, far, go, st.log_hyp)
+        x_b = jnp.where(bcast(moved, x_new), x_new, st.x_b)
+        core = set_current(env, core, x_b, moved)
+        core = core._replace(done=core.done | (active & (core.steps + 1 >= c.num_iterations)))
+        log_hyp = carry_prior(res.log_hyp) if c.p_c is None else st.log_hyp
+        n_hyp = len(hypotheses(c.p_c))
+        return core, PSJState(
+            x_b, l2_norm(x_b - env.x), jnp.where(moved, half, st.halfwidth),
+            jnp.where(go[:, None], log_hyp, st.log_hyp).reshape(-1, n_hyp),
+            jnp.where(go, res.p_c, st.p_c))
+
+
+__all__ = ["PSJ", "PSJConfig", "PSJState"]
