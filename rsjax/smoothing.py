@@ -135,10 +135,10 @@ def default_eval_rows(logits_fn: LogitsFn, chunk_size: int) -> int | None:
     backend the model's own block (``logits_fn.block_rows``, set by
     :func:`rsjax.classifier.forward_in_blocks` for specs with ``cpu_forward_block``, e.g. 32 for
     the CIFAR ResNets) or :data:`CPU_EVAL_ROWS`; None (one call per chunk) on accelerators, which
-    want large calls, and when the rows do not divide the chunk. On the 2-core CPU a binary-search
-    query of 20 images x n = 10 fills 200 of 1,024 slots: evaluating only the blocks that hold
-    them made HSJA under RS 4x faster on the ResNet-20 and 2.2x on the MLP, and full chunks run
-    as fast as before (``benchmarks/RESULTS.md``, session 4)."""
+    want large calls, and when the rows do not divide the chunk. A mostly empty chunk (an attack's
+    binary search: few points x n samples) then costs the blocks holding its samples only, and a
+    full chunk costs what one call would (speed-ups in ``benchmarks/RESULTS.md``, "Performance
+    notes moved out of docstrings")."""
     if jax.default_backend() != "cpu":
         return None
     return split_rows(getattr(logits_fn, "block_rows", None) or CPU_EVAL_ROWS, chunk_size)
