@@ -10,7 +10,8 @@
 Everything goes to one directory (default ``runs/sweep-<preset>-<config hash>``): config.json,
 env.json, models.json, accuracy.jsonl, certify.jsonl, records.jsonl, summary.csv, figures and
 report.md. Killing the sweep and starting it again resumes it; a changed configuration in an
-existing --out directory is refused. See rsjax/sweep.py for the protocol.
+existing --out directory is refused. The protocol: rsjax/study/__init__.py; presets:
+rsjax/study/config.py.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from rsjax.sweep import PRESETS
+    from rsjax.study.config import PRESETS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-    from rsjax.sweep import preset, with_checkpoints
+    from rsjax.study.config import preset, with_checkpoints
 
     cfg = preset(args.preset)
     if args.checkpoint:
@@ -89,7 +90,7 @@ def build_config(args: argparse.Namespace):
 def main(argv=None) -> int:
     from rsjax.errors import RsjaxError
     from rsjax.results import config_hash
-    from rsjax.sweep import run_sweep
+    from rsjax.study.run import run_sweep
 
     args = parse_args(argv)
     try:

@@ -42,8 +42,8 @@ _EXPORTS: dict[str, str] = {
 #: submodules reachable as attributes of the package without importing them first
 _SUBMODULES = frozenset((
     "analysis", "attacks", "cache", "certification", "checkpoints", "classifier", "cli", "data", "errors",
-    "findings", "intervals", "models", "noise", "oracle", "plots", "report", "results", "smoothing", "sweep", "theory", "train",
-    "verify", "whitebox", "xla_options",
+    "findings", "intervals", "models", "noise", "oracle", "plots", "report", "results", "smoothing", "study",
+    "sweep", "theory", "train", "verify", "whitebox", "xla_options",
 ))
 
 __all__ = [

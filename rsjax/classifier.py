@@ -2,7 +2,8 @@
 
 ``Classifier.logits_fn`` is a pure function x[N,H,W,C] in [0,1] -> logits[N,K] that closes over
 the variables, so when it is traced inside another ``jax.jit`` (smoothing, attacks) the weights
-become compile-time constants (measured ~1.5x faster on CPU than passing them as arguments).
+become compile-time constants (faster on CPU than passing them as arguments:
+``benchmarks/RESULTS.md``).
 On the CPU backend, models whose spec sets ``cpu_forward_block`` evaluate a large batch in
 fixed-size blocks (:func:`forward_in_blocks`), which keeps XLA:CPU convolutions in cache.
 """

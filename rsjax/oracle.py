@@ -25,7 +25,8 @@ budgets for users outside the attacks.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Protocol, runtime_checkable
+import weakref
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,27 @@ class ModelOracle:
 # Smoothed oracle over the practical classifier g_{sigma,n}
 # ---------------------------------------------------------------------------------------------
 CRITERIA = ("label", "level")
+
+
+def adversarial_from_counts(criterion: str, counts: jax.Array, y: jax.Array, k_wrong=None) -> jax.Array:
+    """The decision of a smoothed oracle from its vote counts [M, K] against the labels y [M]:
+    'level': at least ``k_wrong`` micro-decisions differ from y; 'label': the plurality label
+    (lowest-index ties) differs from y. ``k_wrong`` may be a traced value."""
+    if criterion == "level":
+        ny = jnp.take_along_axis(counts, y[:, None], axis=-1)[:, 0]
+        return (jnp.sum(counts, axis=-1) - ny) >= k_wrong
+    return jnp.argmax(counts, axis=-1) != y
+
+
+def criterion_stop_rule(criterion: str, y: jax.Array, k_wrong=None) -> Callable:
+    """The exact early-stopping rule ``stop(counts, remaining) -> [M] bool`` of a criterion: True
+    where :func:`adversarial_from_counts` can no longer change whatever the remaining samples give
+    (:func:`rsjax.smoothing.wrong_count_decided`, :func:`rsjax.smoothing.label_vs_reference_decided`)."""
+    from rsjax.smoothing import label_vs_reference_decided, wrong_count_decided
+
+    if criterion == "level":
+        return lambda counts, remaining: wrong_count_decided(counts, remaining, y, k_wrong)
+    return lambda counts, remaining: label_vs_reference_decided(counts, remaining, y)
 
 
 class SmoothedOracle:
@@ -175,13 +197,7 @@ class SmoothedOracle:
         return self.n
 
     def _stop_rule(self, y: jax.Array):
-        from rsjax.smoothing import label_vs_reference_decided, wrong_count_decided
-
-        if not self.early_stop:
-            return None
-        if self.criterion == "level":
-            return lambda counts, remaining: wrong_count_decided(counts, remaining, y, self.k_wrong)
-        return lambda counts, remaining: label_vs_reference_decided(counts, remaining, y)
+        return criterion_stop_rule(self.criterion, y, self.k_wrong) if self.early_stop else None
 
     accepts_active = True
 
@@ -196,16 +212,12 @@ class SmoothedOracle:
                           chunk_size=self.chunk_size, clip=self.clip, noise=self.noise,
                           stop=self._stop_rule(y), eval_rows=self.eval_rows)
         counts = res.counts
-        if self.criterion == "level":
-            ny = jnp.take_along_axis(counts, y[:, None], axis=-1)[:, 0]
-            adv = (jnp.sum(counts, axis=-1) - ny) >= self.k_wrong
-        else:
-            adv = jnp.argmax(counts, axis=-1) != y
-            if self._min_top is not None:
-                top2 = jax.lax.top_k(counts, 2)[0]
-                table = jnp.asarray(self._min_top)
-                abstain = top2[:, 0] < table[top2[:, 0] + top2[:, 1]]
-                adv = jnp.where(abstain, self.abstain_is_success, adv)
+        adv = adversarial_from_counts(self.criterion, counts, y, self.k_wrong)
+        if self._min_top is not None:  # PREDICT's abstention ('label' only)
+            top2 = jax.lax.top_k(counts, 2)[0]
+            table = jnp.asarray(self._min_top)
+            abstain = top2[:, 0] < table[top2[:, 0] + top2[:, 1]]
+            adv = jnp.where(abstain, self.abstain_is_success, adv)
         return OracleAnswer(adv, res.evaluations.astype(jnp.int32))
 
     def as_label_oracle(self) -> "SmoothedOracle":
@@ -217,16 +229,49 @@ class SmoothedOracle:
                               eval_rows=self.eval_rows)
 
 
-_DECIDE_JIT: dict[int, tuple[object, Callable]] = {}
+class OracleCache:
+    """Values computed per oracle *object* (identity, whatever its ``__eq__``; unhashable oracles
+    are fine) that never keep the oracle alive: an oracle's entries are dropped when it is
+    garbage-collected (``weakref.finalize``). ``make(ref)`` builds a value; it must reach the
+    oracle through ``ref()`` only (a weak reference), since a value holding the oracle would keep
+    it alive. An oracle that takes no weak references is held, and cached, for good."""
+
+    def __init__(self):
+        self._entries: dict[int, tuple[Callable[[], Any], dict]] = {}
+
+    def get(self, oracle, key, make: Callable[[Callable[[], Any]], Any]) -> Any:
+        """The value of ``key`` for ``oracle``, built by ``make(ref)`` on first use."""
+        oid = id(oracle)
+        entry = self._entries.get(oid)
+        if entry is None or entry[0]() is not oracle:
+            try:
+                ref = weakref.ref(oracle)
+                weakref.finalize(oracle, self._entries.pop, oid, None)
+            except TypeError:  # no __weakref__ slot
+                ref = lambda: oracle  # noqa: E731
+            entry = (ref, {})
+            self._entries[oid] = entry
+        values = entry[1]
+        if key not in values:
+            values[key] = make(entry[0])
+        return values[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_DECIDE_JIT = OracleCache()
 
 
 def jitted_decide(oracle: Oracle) -> Callable:
-    """``jax.jit(oracle.decide)``, cached per oracle object."""
-    hit = _DECIDE_JIT.get(id(oracle))
-    if hit is None or hit[0] is not oracle:
-        hit = (oracle, jit(oracle.decide))
-        _DECIDE_JIT[id(oracle)] = hit
-    return hit[1]
+    """``jax.jit(oracle.decide)``, cached per oracle object (the cache does not keep it alive)."""
+    def make(ref):
+        def decide(*args, **kwargs):
+            return ref().decide(*args, **kwargs)
+
+        return jit(decide)
+
+    return _DECIDE_JIT.get(oracle, "decide", make)
 
 
 def decide_padded(oracle: Oracle, x, y, keys) -> tuple:

@@ -1,7 +1,7 @@
 """Summaries, tables, figures and ``report.md`` of a sweep directory, from its records alone
 (re-drawable without re-running anything: ``python experiments/report.py OUT``).
 
-Inputs (written by :mod:`rsjax.sweep`): ``config.json``, ``records*.jsonl`` (attack records),
+Inputs (written by :mod:`rsjax.study`): ``config.json``, ``records*.jsonl`` (attack records),
 ``certify*.jsonl``, ``accuracy.jsonl``, optionally ``models.json`` and ``runs.jsonl``.
 
 Definitions used in every table and figure:

@@ -135,10 +135,10 @@ def default_eval_rows(logits_fn: LogitsFn, chunk_size: int) -> int | None:
     backend the model's own block (``logits_fn.block_rows``, set by
     :func:`rsjax.classifier.forward_in_blocks` for specs with ``cpu_forward_block``, e.g. 32 for
     the CIFAR ResNets) or :data:`CPU_EVAL_ROWS`; None (one call per chunk) on accelerators, which
-    want large calls, and when the rows do not divide the chunk. On the 2-core CPU a binary-search
-    query of 20 images x n = 10 fills 200 of 1,024 slots: evaluating only the blocks that hold
-    them made HSJA under RS 4x faster on the ResNet-20 and 2.2x on the MLP, and full chunks run
-    as fast as before (``benchmarks/RESULTS.md``, session 4)."""
+    want large calls, and when the rows do not divide the chunk. A mostly empty chunk (an attack's
+    binary search: few points x n samples) then costs the blocks holding its samples only, and a
+    full chunk costs what one call would (speed-ups in ``benchmarks/RESULTS.md``, "Performance
+    notes moved out of docstrings")."""
     if jax.default_backend() != "cpu":
         return None
     return split_rows(getattr(logits_fn, "block_rows", None) or CPU_EVAL_ROWS, chunk_size)
@@ -335,20 +335,33 @@ def _top_two(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def predict_from_counts(counts, alpha: float) -> np.ndarray:
-    """Cohen's PREDICT: with n_A, n_B the two largest counts, return the top class unless the
-    two-sided binomial test of n_A successes in n_A + n_B trials at p = 1/2 has p-value > alpha,
-    in which case abstain (-1).
+    """Cohen's PREDICT: with n_A, n_B the two largest counts (ties: the lowest class index is
+    A), return the top class unless the two-sided binomial test of n_A successes in n_A + n_B
+    trials at p = 1/2 has p-value > alpha, in which case abstain (-1). Vectorised: the test is
+    the threshold n_A >= t[n_A + n_B] of :func:`predict_min_top_count`, computed once per distinct
+    n_A + n_B (equal to ``scipy.stats.binomtest`` row by row: ``tests/test_smoothing.py``).
 
     The trap: the p-value can never be below 2^(1 - n) (all n votes agree), so for small n the
     test abstains on *every* input: with n = 10 and alpha = 0.001, even 10/10 gives
     p = 2/1024 ~ 0.00195 > 0.001 (locuslab/smoothing issue 8). Choose n > 1 + log2(1/alpha)."""
     check_open_unit("alpha", alpha)
     c_a, n_a, n_b = _top_two(np.atleast_2d(counts))
-    out = np.empty(len(c_a), np.int64)
-    for i, (c, a, b) in enumerate(zip(c_a, n_a, n_b)):
-        p = stats.binomtest(int(a), int(a + b), 0.5).pvalue if a + b > 0 else 1.0
-        out[i] = ABSTAIN if p > alpha else c
+    trials = (n_a + n_b).astype(np.int64)
+    uniq, inverse = np.unique(trials, return_inverse=True)
+    threshold = np.array([_min_top_count(int(m), alpha) for m in uniq], np.int64)[inverse.reshape(-1)]
+    out = np.where(n_a >= threshold, c_a, ABSTAIN).astype(np.int64)
     return out if np.ndim(counts) > 1 else out[0]
+
+
+def _min_top_count(m: int, alpha: float) -> int:
+    """Smallest n_A for which PREDICT does not abstain with n_A + n_B = m (m + 1: it always
+    abstains); see :func:`predict_min_top_count`."""
+    a = np.arange((m + 1) // 2, m + 1)
+    a = a[a > 0]
+    pval = np.minimum(1.0, 2.0 * stats.binom.sf(a - 1, m, 0.5))
+    pval[2 * a == m] = 1.0
+    ok = np.nonzero(pval <= alpha)[0]
+    return int(a[ok[0]]) if len(ok) else m + 1
 
 
 def predict_min_top_count(n_max: int, alpha: float) -> np.ndarray:
@@ -359,15 +372,7 @@ def predict_min_top_count(n_max: int, alpha: float) -> np.ndarray:
     (symmetric distribution; what ``scipy.stats.binomtest`` returns), monotone in a."""
     check_open_unit("alpha", alpha)
     check_int_at_least("n_max", n_max, 0)
-    t = np.empty(n_max + 1, np.int32)
-    for m in range(n_max + 1):
-        a = np.arange((m + 1) // 2, m + 1)
-        a = a[a > 0]
-        pval = np.minimum(1.0, 2.0 * stats.binom.sf(a - 1, m, 0.5))
-        pval[2 * a == m] = 1.0
-        ok = np.nonzero(pval <= alpha)[0]
-        t[m] = a[ok[0]] if len(ok) else m + 1
-    return t
+    return np.array([_min_top_count(m, alpha) for m in range(n_max + 1)], np.int32)
 
 
 def clopper_pearson_lower(n_a, n: int, alpha: float) -> np.ndarray:

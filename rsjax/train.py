@@ -178,9 +178,8 @@ def pgd_l2(
     ``delta <- clip(x + delta, 0, 1) - x``. Returns ``x + delta`` (stops gradients).
 
     The steps are unrolled into the traced program (a Python loop, not ``lax.scan``): on XLA:CPU
-    the gradients of a convolutional network inside a loop run several times slower (CIFAR
-    ResNet-20, batch 128: 2.9 s per step in a ``lax.scan``, 0.42 s unrolled, which also compiles
-    faster).
+    the gradients of a convolutional network inside a loop run several times slower
+    (``benchmarks/RESULTS.md``).
     """
     x = jax.lax.stop_gradient(x)
     if key is None:

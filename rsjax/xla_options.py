@@ -2,9 +2,9 @@
 
 On XLA:CPU (jaxlib 0.10) the default library-fusion set hands some convolutions to YNNPACK
 (on the CIFAR ResNet-20, the 16x16x32 layers). On the project's 2-core AVX-512 machine those run
-slower than XLA's own (Eigen) convolutions: the ResNet-20 forward goes from ~1,410 to ~1,610
-images/s when YNNPACK keeps only dots and reductions (``benchmarks/RESULTS.md``, session 4), and
-the MLP is unchanged. rsjax therefore compiles its programs with
+slower than XLA's own (Eigen) convolutions, so the ResNet-20 forward is faster when YNNPACK keeps
+only dots and reductions, and the MLP is unchanged (``benchmarks/RESULTS.md``). rsjax therefore
+compiles its programs with
 ``xla_cpu_experimental_ynn_fusion_type = INDIVIDUAL_DOT, REDUCE`` as a per-program compile
 option (``jax.jit(..., compiler_options=...)``): nothing global is changed, and other JAX code in
 the same process keeps XLA's defaults.

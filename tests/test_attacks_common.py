@@ -377,6 +377,31 @@ def test_tree_sum_is_the_fixed_pairwise_order_on_any_axis(d, axis):
     np.testing.assert_array_equal(got, want)
 
 
+def test_compiled_programs_cache_does_not_keep_oracles_alive():
+    """``DecisionAttack.programs`` caches per oracle object; a finished attack does not keep its
+    oracle (and through it the model weights) alive: after ``del`` + ``gc.collect()`` a weak
+    reference to it is dead, and the attack still works with a new oracle."""
+    import gc
+    import weakref
+
+    from rsjax.attacks import get_attack
+
+    w = np.random.default_rng(0).normal(size=(4, 4, 1)).astype(np.float32)
+    x = np.random.default_rng(1).uniform(0, 1, (3, 4, 4, 1)).astype(np.float32)
+    attack = get_attack("rays")
+    oracle = ModelOracle(linear_logits_fn(w, 0.0), 2)
+    y = np.asarray(jnp.argmax(oracle.logits_fn(jnp.asarray(x)), -1))
+    first = attack.run(oracle, x, y, 0, 20)
+    assert attack.programs(oracle) is attack.programs(oracle)  # cached while alive
+    ref = weakref.ref(oracle)
+    del oracle
+    gc.collect()
+    assert ref() is None
+    assert len(attack._compiled) == 0
+    again = attack.run(ModelOracle(linear_logits_fn(w, 0.0), 2), x, y, 0, 20)
+    np.testing.assert_array_equal(first.l2, again.l2)
+
+
 def test_cli_attack_keeps_compiled_programs_in_the_cache(tiny_mlp_problem, tmp_path):
     """`rsjax attack` persists its XLA executables under $RSJAX_CACHE/xla (a second run reuses
     them); RSJAX_NO_XLA_CACHE=1 turns that off. Run in subprocesses: the cache directory is a

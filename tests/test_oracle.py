@@ -176,3 +176,48 @@ def test_counting_oracle_keys_and_budgets():
             assert "max_evaluations=45" in str(e) or "max_queries=5" in str(e)
             break
     assert counter.evaluations[9] <= 45 and counter.queries[9] <= 5
+
+
+def test_jitted_decide_cache_does_not_keep_oracles_alive():
+    """``decide_padded`` caches one jitted ``decide`` per oracle object; once the caller drops
+    the oracle it is garbage-collected (the cache holds it weakly) and its entry is gone."""
+    import gc
+    import weakref
+
+    from rsjax.oracle import _DECIDE_JIT
+
+    w, b = hyperplane()
+    x = points_at(w, b, [-0.3, 0.3])
+    oracle = SmoothedOracle(linear_logits_fn(w, b), 2, 0.5, 5)
+    first = decide_padded(oracle, x, np.array([0, 1]), keys_for(0, 2))
+    again = decide_padded(oracle, x, np.array([0, 1]), keys_for(0, 2))
+    assert [a.tolist() for a in first] == [a.tolist() for a in again]
+    before = len(_DECIDE_JIT)
+    ref = weakref.ref(oracle)
+    del oracle
+    gc.collect()
+    assert ref() is None
+    assert len(_DECIDE_JIT) == before - 1
+
+
+def test_oracle_cache_keys_by_identity():
+    """Two equal (even unhashable) oracles get their own entries; an oracle without weak
+    references is still served (and held)."""
+    from rsjax.oracle import OracleCache
+
+    class Unhashable:
+        __hash__ = None
+
+        def __eq__(self, other):
+            return True
+
+    class Slotted:
+        __slots__ = ("v",)
+
+    cache = OracleCache()
+    a, b, c = Unhashable(), Unhashable(), Slotted()
+    assert cache.get(a, "k", lambda ref: ref()) is a
+    assert cache.get(b, "k", lambda ref: ref()) is b
+    assert cache.get(a, "k", lambda ref: None) is a  # cached
+    assert cache.get(c, "k", lambda ref: ref()) is c
+    assert len(cache) == 3

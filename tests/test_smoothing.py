@@ -210,12 +210,51 @@ def test_predict_n10_alpha_0001_always_abstains():
     assert np.all(predict_from_counts(res.counts, 0.001) == 1)
 
 
+def _predict_by_binomtest(counts, alpha: float) -> np.ndarray:
+    """PREDICT row by row with scipy's two-sided binomial test (the textbook definition)."""
+    out = []
+    for row in np.atleast_2d(counts):
+        order = np.argsort(-row, kind="stable")
+        a, b = int(row[order[0]]), int(row[order[1]])
+        p = stats.binomtest(a, a + b, 0.5).pvalue if a + b > 0 else 1.0
+        out.append(ABSTAIN if p > alpha else int(order[0]))
+    return np.array(out)
+
+
 def test_predict_table_matches_binomtest():
-    table = predict_min_top_count(60, 0.01)
-    for m in (0, 1, 7, 20, 60):
-        for a in range((m + 1) // 2, m + 1):
-            answers = predict_from_counts(np.array([a, m - a]), 0.01) != ABSTAIN
-            assert answers == (a >= table[m]), (m, a)
+    for alpha in (0.001, 0.01, 0.05, 0.4):
+        table = predict_min_top_count(120, alpha)
+        for m in range(121):
+            for a in range((m + 1) // 2, m + 1):
+                counts = np.array([a, m - a])
+                want = _predict_by_binomtest(counts, alpha)[0]
+                assert (want != ABSTAIN) == (a >= table[m]), (alpha, m, a)
+                assert predict_from_counts(counts, alpha) == want, (alpha, m, a)
+
+
+@pytest.mark.parametrize("alpha", [0.001, 0.05])
+def test_predict_from_counts_and_the_sweeps_predict_labels_agree(alpha):
+    """The two PREDICT entry points (``smoothing.predict_from_counts``, the study's vectorised
+    ``predict_labels``) give the same labels as the per-row binomial test on random counts:
+    ties between the top two classes (lowest index wins, then the test abstains), small n
+    (n = 1..12, below 1 + log2(1/alpha): always abstains), zero rows, and larger n."""
+    from rsjax import sweep
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 5, 10, 12, 30, 100, 1000):
+        k = int(rng.integers(2, 11))
+        probs = rng.dirichlet(np.full(k, 0.3), size=200)
+        counts = np.stack([rng.multinomial(n, p) for p in probs])
+        counts[:20, :2] = n // 2  # ties of the top two (n odd: one vote elsewhere)
+        counts[:20, 2:] = 0
+        counts[:20, -1] += n - 2 * (n // 2)
+        counts[20:25] = 0  # rows without votes
+        want = _predict_by_binomtest(counts, alpha)
+        got = predict_from_counts(counts, alpha)
+        assert got.dtype == np.int64 and got.tolist() == want.tolist(), n
+        assert sweep.predict_labels(counts, n, alpha).tolist() == want.tolist(), n
+        if n >= 30:
+            assert (want != ABSTAIN).any() and (want == ABSTAIN).any()  # both answers occur
 
 
 def _independent_cp_lower(k: int, n: int, alpha: float) -> float:

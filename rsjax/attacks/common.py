@@ -398,7 +398,9 @@ class DecisionAttack:
             raise InputError(f"{self.name}: unknown option(s) {unknown}; known: {sorted(fields)}")
         self.config = self.Config(**overrides)
         self.check_config()
-        self._compiled: dict[tuple[int, bool], tuple[Oracle, Callable, Callable]] = {}
+        from rsjax.oracle import OracleCache
+
+        self._compiled = OracleCache()  # oracle -> {check_clean: (start, chunk)}; never keeps an oracle alive
 
     def check_config(self) -> None:
         """Validate ``self.config`` (raise InputError naming the bad value)."""
@@ -460,14 +462,14 @@ class DecisionAttack:
 
     def programs(self, oracle: Oracle, check_clean: bool = True) -> tuple[Callable, Callable]:
         """Jitted ``(start(env), chunk(env, core, extra))`` of :meth:`start_batch` and
-        :meth:`advance` for ``oracle`` (cached per oracle object and ``check_clean``)."""
-        hit = self._compiled.get((id(oracle), check_clean))
-        if hit is None or hit[0] is not oracle:
-            start = jit(lambda env: self.start_batch(oracle, env, check_clean))
-            chunk = jit(lambda env, core, extra: self.advance(oracle, env, core, extra))
-            hit = (oracle, start, chunk)
-            self._compiled[(id(oracle), check_clean)] = hit
-        return hit[1], hit[2]
+        :meth:`advance` for ``oracle`` (cached per oracle object and ``check_clean``; the programs
+        reach the oracle through a weak reference: the cache does not keep it alive)."""
+        def make(ref):
+            start = jit(lambda env: self.start_batch(ref(), env, check_clean))
+            chunk = jit(lambda env, core, extra: self.advance(ref(), env, core, extra))
+            return start, chunk
+
+        return self._compiled.get(oracle, check_clean, make)
 
     # -- host driver
     def run(self, oracle: Oracle, x, y, key, max_queries: int, image_ids=None,

@@ -29,8 +29,8 @@ class ModelSpec:
     has_batch_stats: bool = False
     defaults: dict = field(default_factory=dict)
     # On CPU, a large batch is evaluated in blocks of this many images (jax.lax.map over blocks):
-    # XLA:CPU convolutions run fastest on cache-sized batches (ResNet-20: 1,185 images/s in
-    # blocks of 32 vs 861 for one batch of 2,048, benchmarks/RESULTS.md). None: one call.
+    # XLA:CPU convolutions run fastest on cache-sized batches (benchmarks/RESULTS.md). None:
+    # one call.
     cpu_forward_block: int | None = None
 
     def module(self) -> nn.Module:

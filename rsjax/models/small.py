@@ -1,10 +1,10 @@
 """Small Fashion-MNIST classifiers (28x28x1, 10 classes).
 
 ``fmnist_mlp`` (default): 784-256-256-10 ReLU MLP. Chosen as the default because randomized
-smoothing multiplies the cost of every attack query by n: on a 2-core CPU this MLP runs
-~270k images/s jitted, a ResNet-style CNN ~1.5k/s, so only the MLP lets the default sweep
-attack RS with n up to 100 in minutes. ``fmnist_cnn``: a stronger (≥ 91 %) small CNN for users
-who can afford it.
+smoothing multiplies the cost of every attack query by n, and on a CPU this MLP is two orders of
+magnitude faster than a ResNet-style CNN, which lets the default sweep attack RS with large n
+(throughputs in ``benchmarks/RESULTS.md``). ``fmnist_cnn``: a stronger (≥ 91 %) small CNN for
+users who can afford it.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ class SmallCNN(nn.Module):
     (default 16, 32: 28x28 -> 14x14 -> 7x7), then dense(``hidden``)-ReLU and a linear head.
     Explicit symmetric 1-pixel padding on the 3x3 convs (no 'SAME' ambiguity).
 
-    The default (16, 32) / 128 (~207k parameters) was chosen for CPU training time: the
-    4-conv 32-32-64-64 variant trained ~3x slower per epoch on the 2-core CPU for a similar
-    accuracy; this one reaches >= 91 % test accuracy (see ``defaults['train']``)."""
+    The default (16, 32) / 128 (~207k parameters) was chosen for CPU training time (a 4-conv
+    32-32-64-64 variant is slower per epoch for a similar accuracy, ``benchmarks/RESULTS.md``);
+    this one reaches >= 91 % test accuracy (see ``defaults['train']``)."""
 
     widths: tuple[int, ...] = (16, 32)
     hidden: int = 128
@@ -84,7 +84,7 @@ register_model(
         description="2-conv (16, 32) BatchNorm CNN for Fashion-MNIST (stronger, much slower than the MLP)",
         has_batch_stats=True,
         cpu_forward_block=128,
-        # >= 91 % test accuracy after 4 of these 10 epochs; ~1.5-5 min per epoch on 2 CPU cores.
+        # >= 91 % test accuracy after 4 of these 10 epochs (epoch times: benchmarks/RESULTS.md)
         defaults={"train": {"epochs": 10, "batch_size": 128, "optimizer": "adam", "learning_rate": 2e-3}},
     )
 )
