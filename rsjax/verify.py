@@ -41,6 +41,7 @@ compiled programs does not grow with the number of items.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -225,20 +226,43 @@ class TestOutcome(NamedTuple):
     calls: np.ndarray  # [J] int calls made
 
 
+def _answers(decide: DecideFn, points: np.ndarray, refs: np.ndarray, image_ids: np.ndarray, item: np.ndarray,
+             cidx: np.ndarray, root: jax.Array, block: int, tags: list | None, cache: dict | None) -> np.ndarray:
+    """Answers of calls ``cidx`` at the points of items ``item``; with ``tags`` (a hashable id of
+    each item's point: same tag = same point, same reference, same image) and a ``cache`` dict,
+    a call already answered for that point (e.g. by the test at another P_a) is not asked again
+    and identical requests in one round are asked once."""
+    if tags is None or cache is None:
+        return _run_calls(decide, points[item], refs[item], image_ids[item], cidx, root, block)
+    keys = [(tags[j], int(c)) for j, c in zip(item.tolist(), cidx.tolist())]
+    todo: dict = {}
+    for r, k in enumerate(keys):
+        if k not in cache and k not in todo:
+            todo[k] = r
+    if todo:
+        rows = np.fromiter(todo.values(), np.int64, len(todo))
+        it = item[rows]
+        got = _run_calls(decide, points[it], refs[it], image_ids[it], cidx[rows], root, block)
+        cache.update(zip(todo.keys(), got.tolist()))
+    return np.fromiter((cache[k] for k in keys), bool, len(keys))
+
+
 def run_level_tests(decide: DecideFn, points: np.ndarray, refs: np.ndarray, image_ids: np.ndarray,
                     tests: list[LevelTest], root: jax.Array, config: VerifyConfig,
-                    deterministic: bool = False) -> TestOutcome:
+                    deterministic: bool = False, tags: list | None = None,
+                    cache: dict | None = None) -> TestOutcome:
     """Run the sequential test of item j (``tests[j]``) at ``points[j]`` for every item at once,
     one round per look; call c of item j uses ``call_keys(root, image_ids[j], c)``. With
-    ``deterministic`` one call decides (accept iff adversarial)."""
+    ``deterministic`` one call decides (accept iff adversarial). ``tags``/``cache``: see
+    :func:`_answers` (the answers are the same with or without them)."""
     j_items = len(points)
     wrong = np.zeros(j_items, np.int64)
     calls = np.zeros(j_items, np.int64)
     accepted = np.zeros(j_items, bool)
     live = np.ones(j_items, bool)
     if deterministic:
-        adv = (_run_calls(decide, points, refs, image_ids, np.zeros(j_items, np.int64), root, config.block)
-               if j_items else np.zeros(0, bool))
+        adv = (_answers(decide, points, refs, image_ids, np.arange(j_items), np.zeros(j_items, np.int64), root,
+                        config.block, tags, cache) if j_items else np.zeros(0, bool))
         return TestOutcome(adv, adv.astype(np.int64), np.ones(j_items, np.int64))
     look = np.zeros(j_items, np.int64)
     while live.any():
@@ -247,7 +271,7 @@ def run_level_tests(decide: DecideFn, points: np.ndarray, refs: np.ndarray, imag
         need = target - calls[idx]
         item = np.repeat(idx, need)
         cidx = np.concatenate([np.arange(calls[j], t) for j, t in zip(idx, target)])
-        adv = _run_calls(decide, points[item], refs[item], image_ids[item], cidx, root, config.block)
+        adv = _answers(decide, points, refs, image_ids, item, cidx, root, config.block, tags, cache)
         np.add.at(wrong, item, adv.astype(np.int64))
         calls[idx] = target
         for j in idx:
@@ -259,6 +283,17 @@ def run_level_tests(decide: DecideFn, points: np.ndarray, refs: np.ndarray, imag
             else:
                 look[j] += 1
     return TestOutcome(accepted, wrong, calls)
+
+
+def ray_tags(x_o: np.ndarray, x_a: np.ndarray, refs: np.ndarray, image_ids: np.ndarray) -> list[bytes]:
+    """One id per item's ray (image id, reference, x_o, x_a): items with equal tags share points."""
+    out = []
+    for i, r, a, b in zip(np.asarray(image_ids).tolist(), np.asarray(refs).tolist(), x_o, x_a):
+        h = hashlib.sha1(np.int64(i).tobytes() + np.int64(r).tobytes())
+        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.ascontiguousarray(b).tobytes())
+        out.append(h.digest())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,13 +325,17 @@ def _distances(x: np.ndarray, x_o: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def verify_rays(decide: DecideFn, x_o, x_a, refs, p_a, image_ids, root: jax.Array,
                 config: VerifyConfig = VerifyConfig(), deterministic: bool = False,
-                interval_confidence: float = 0.95) -> Verification:
+                interval_confidence: float = 0.95, cache: dict | None = None) -> Verification:
     """Verified distortion of each attack output (module docstring, items 1-3).
 
     ``x_o``, ``x_a`` [J, H, W, C]: clean images and attack outputs (one item per image x P_a);
     ``refs`` [J]: the reference labels the level is measured against; ``p_a`` [J]: the levels;
     ``image_ids`` [J]: seed each item's calls (items of one image share their noise). ``decide``
-    answers one call of g_{sigma,n} per point (see :data:`DecideFn`)."""
+    answers one call of g_{sigma,n} per point (see :data:`DecideFn`). Items on the same ray (an
+    output verified at several P_a) share the answers at the points they both test (common
+    random numbers make them identical), so ``cache`` (a dict, new if None) saves calls, not
+    numbers; ``calls`` still counts every call each item's tests used."""
+    cache = {} if cache is None else cache
     config.validate()
     x_o = np.asarray(x_o, np.float32)
     x_a = np.asarray(x_a, np.float32)
@@ -318,14 +357,16 @@ def verify_rays(decide: DecideFn, x_o, x_a, refs, p_a, image_ids, root: jax.Arra
     total = np.zeros(j_items, np.int64)
     n_tests = np.zeros(j_items, np.int64)
     live = moves.copy()
+    tags = ray_tags(x_o, x_a, refs, ids)
     # a zero direction (x_a == x_o, e.g. no adversarial known) is tested at x_o once
     while True:
         idx = np.flatnonzero(live | (n_tests == 0))
         if len(idx) == 0:
             break
         pts = ray_points(x_o[idx], direction[idx], np.where(moves[idx], t_cur[idx], 0.0))
+        tcur = np.where(moves[idx], t_cur[idx], 0.0)
         out = run_level_tests(decide, pts, refs[idx], ids[idx], [tests[j] for j in idx], root, config,
-                              deterministic)
+                              deterministic, [(tags[j], float(t)) for j, t in zip(idx, tcur)], cache)
         total[idx] += out.calls
         for row, j in enumerate(idx):
             if n_tests[j] == 0:
@@ -365,18 +406,21 @@ def verify_rays(decide: DecideFn, x_o, x_a, refs, p_a, image_ids, root: jax.Arra
 
 
 def level_at_points(decide: DecideFn, x, refs, p_a, image_ids, root: jax.Array,
-                config: VerifyConfig = VerifyConfig(), deterministic: bool = False,
-                interval_confidence: float = 0.95) -> dict[str, np.ndarray]:
+                    config: VerifyConfig = VerifyConfig(), deterministic: bool = False,
+                    interval_confidence: float = 0.95, cache: dict | None = None) -> dict[str, np.ndarray]:
     """The sequential test at fixed points (e.g. the clean images: is x_o already of level
-    P_a?): dict of ``accepted``, ``level``, ``level_low``, ``level_high``, ``calls`` [J]."""
+    P_a?): dict of ``accepted``, ``level``, ``level_low``, ``level_high``, ``calls`` [J]. Items at
+    the same point (one image tested at several P_a) share their answers (``cache``)."""
     config.validate()
     x = np.asarray(x, np.float32)
     j_items = len(x)
     p_a = np.broadcast_to(np.asarray(p_a, np.float64), (j_items,))
+    refs = np.asarray(refs, np.int32).reshape(j_items)
+    ids = np.asarray(image_ids, np.int64).reshape(j_items)
     plans = {float(p): level_test_plan(float(p), config) for p in np.unique(p_a)}
-    out = run_level_tests(decide, x, np.asarray(refs, np.int32).reshape(j_items),
-                          np.asarray(image_ids, np.int64).reshape(j_items), [plans[float(p)] for p in p_a],
-                          root, config, deterministic)
+    tags = [(t, "point") for t in ray_tags(x, x, refs, ids)]
+    out = run_level_tests(decide, x, refs, ids, [plans[float(p)] for p in p_a], root, config, deterministic,
+                          tags, {} if cache is None else cache)
     c = np.maximum(out.calls, 1)
     low, high = clopper_pearson(out.wrong, c, interval_confidence)
     return {"accepted": out.accepted, "level": out.wrong / c, "level_low": low, "level_high": high,
@@ -396,7 +440,7 @@ def oracle_decide(oracle) -> tuple[DecideFn, bool]:
         label = oracle.as_label_oracle()
         fn = jitted_decide(label)
 
-        def decide(pts, refs, keys, active):
+        def decide(pts, refs, keys, active, _keep=label):  # the jit cache holds the oracle weakly
             ans = fn(jnp.asarray(pts), jnp.asarray(refs, jnp.int32), keys, jnp.asarray(active))
             return np.asarray(ans.adversarial)
 
@@ -404,7 +448,7 @@ def oracle_decide(oracle) -> tuple[DecideFn, bool]:
     if isinstance(oracle, ModelOracle):
         fn = jitted_decide(oracle)
 
-        def decide_f(pts, refs, keys, active):
+        def decide_f(pts, refs, keys, active, _keep=oracle):
             return np.asarray(fn(jnp.asarray(pts), jnp.asarray(refs, jnp.int32), keys).adversarial)
 
         return decide_f, True

@@ -258,15 +258,17 @@ def measure_batch(run: AttackRun, ids: np.ndarray, images: np.ndarray, labels: n
     x = images[ids]
     clean: dict = {}
     todo = ok.copy()
-    if rs:
+    if rs:  # every (image, P_a) in one batched test: the P_a share their calls at x_o
+        sel = np.flatnonzero(ok)
+        pas = np.repeat(np.asarray(run.pas, np.float64), len(sel))
+        res = level_at_points(decide, np.tile(x[sel], (len(run.pas), 1, 1, 1)), np.tile(ref[sel], len(run.pas)),
+                              pas, np.tile(ids[sel], len(run.pas)), verify_root, vcfg,
+                              interval_confidence=config.interval_confidence)
         reached = np.ones(len(ids), bool)
-        for pa in run.pas:
-            sel = np.flatnonzero(ok)
-            res = level_at_points(decide, x[sel], ref[sel], pa, ids[sel], verify_root, vcfg,
-                                  interval_confidence=config.interval_confidence)
+        for q, pa in enumerate(run.pas):
             full = {k: np.zeros(len(ids), v.dtype) for k, v in res.items()}
             for k, v in res.items():
-                full[k][sel] = v
+                full[k][sel] = v[q * len(sel):(q + 1) * len(sel)]
             clean[pa] = full
             reached &= full["accepted"]
         todo &= ~reached
@@ -283,12 +285,17 @@ def measure_batch(run: AttackRun, ids: np.ndarray, images: np.ndarray, labels: n
     if result is not None:
         found[sel] = result.success
         x_adv[sel] = result.x_adv
-    for pa in run.pas:
-        need = found & ~(clean[pa]["accepted"] if pa in clean else np.zeros(len(ids), bool))
-        idx = np.flatnonzero(need)
-        v = verify_rays(decide, x[idx], x_adv[idx], ref[idx], 0.5 if pa is None else pa, ids[idx], verify_root,
-                        vcfg, deterministic=not rs, interval_confidence=config.interval_confidence)
-        ver[pa] = _scatter_verification(v, idx, len(ids))
+    # every (image, P_a) item in one batched search: the P_a share their calls along a ray
+    parts = [np.flatnonzero(found & ~(clean[pa]["accepted"] if pa in clean else np.zeros(len(ids), bool)))
+             for pa in run.pas]
+    idx = np.concatenate(parts)
+    levels = np.concatenate([np.full(len(p), 0.5 if pa is None else pa) for p, pa in zip(parts, run.pas)])
+    v = verify_rays(decide, x[idx], x_adv[idx], ref[idx], levels, ids[idx], verify_root, vcfg,
+                    deterministic=not rs, interval_confidence=config.interval_confidence)
+    lo = 0
+    for p, pa in zip(parts, run.pas):
+        ver[pa] = _scatter_verification(type(v)(*(a[lo:lo + len(p)] for a in v)), p, len(ids))
+        lo += len(p)
     out = BatchOutcome(ids, ref, ref_status, todo, result, clean, ver, 0.0)
     out.attack_seconds = t_attack / len(ids)
     return out
