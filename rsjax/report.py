@@ -331,8 +331,12 @@ def plot_ratios(run: Mapping[str, Any], path: str | os.PathLike) -> None:
     if not ratios:
         raise InputError("no attack record with a positive certified radius to plot")
     attacks = sorted({r["attack"] for r in ratios})
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4.6 * len(attacks), 4.0), squeeze=False)
-    for ax, attack in zip(axes[0], attacks):
+    columns = max(len({(r["model"], r["sigma"], r["n"], r["p_a"], r["criterion"]) for r in ratios
+                       if r["attack"] == a}) for a in attacks)
+    # one panel per attack, stacked, each wide enough for its columns' labels
+    fig, axes = plt.subplots(len(attacks), 1, figsize=(max(6.0, 0.32 * columns + 1.5), 3.6 * len(attacks)),
+                             squeeze=False)
+    for ax, attack in zip(axes[:, 0], attacks):
         groups: dict[tuple, list[float]] = defaultdict(list)
         for r in ratios:
             if r["attack"] == attack:
