@@ -41,6 +41,7 @@ from rsjax.attacks.common import (
 )
 from rsjax.errors import InputError
 from rsjax.noise import NOISE_IMPLS, sample_noise
+from rsjax.oracle import Oracle
 
 
 def probe_directions(keys: jax.Array, start: jax.Array | int, count: int, shape: tuple[int, ...],
@@ -84,6 +85,35 @@ class HSJAState(NamedTuple):
     dist_post: jax.Array  # [B] distance of the last stepped point before its binary search
 
 
+def uniform_start_search(oracle: Oracle, env: AttackEnv, core: AttackCore, active: jax.Array,
+                         max_tries: int) -> tuple[jax.Array, jax.Array, AttackCore]:
+    """HSJA's start: try t = 0, 1, ... < ``max_tries`` draws u ~ U([0,1]^d) (key
+    ``fold_in(attack_keys(image_key, 0), t)``) until one is answered adversarial. Returns (found
+    [B], the adversarial draw [B, ...] (x where none), core); an image still searching at the end
+    ran out of tries or budget."""
+    keys = attack_keys(env.image_keys, 0)
+    shape = env.x.shape[1:]
+
+    def noise(i):
+        return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i), shape))(keys)
+
+    def cond(s):
+        i, searching, _, _, _ = s
+        return (i < max_tries) & jnp.any(searching)
+
+    def body(s):
+        i, searching, hit, start, core_ = s
+        u = noise(i)
+        out = query_one(oracle, env, core_, u, searching)
+        start = jnp.where(bcast(out.adversarial, start), u, start)
+        hit = hit | out.adversarial
+        searching = searching & out.sent & ~out.adversarial
+        return i + 1, searching, hit, start, out.core
+
+    _, _, got, start, core = jax.lax.while_loop(cond, body, (0, active, jnp.zeros_like(active), env.x, core))
+    return got, start, core
+
+
 class HSJA(DecisionAttack):
     """HopSkipJump L2. ``HSJA(**overrides)`` with the fields of :class:`HSJAConfig`."""
 
@@ -118,28 +148,7 @@ class HSJA(DecisionAttack):
     # ------------------------------------------------------------------ start
     def init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
         c = self.config
-        keys = attack_keys(env.image_keys, 0)
-        shape = env.x.shape[1:]
-
-        def noise(i):
-            return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i), shape))(keys)
-
-        def cond(s):
-            i, searching, _, _, _ = s
-            return (i < c.max_init_tries) & jnp.any(searching)
-
-        def body(s):
-            i, searching, hit, start, core_ = s
-            u = noise(i)
-            out = query_one(oracle, env, core_, u, searching)
-            start = jnp.where(bcast(out.adversarial, start), u, start)
-            hit = hit | out.adversarial
-            searching = searching & out.sent & ~out.adversarial
-            return i + 1, searching, hit, start, out.core
-
-        # an image still 'searching' at the end ran out of tries or budget: no start
-        _, _, got, start, core = jax.lax.while_loop(
-            cond, body, (0, active, jnp.zeros_like(active), env.x, core))
+        got, start, core = uniform_start_search(oracle, env, core, active, c.max_init_tries)
         blended, _, core = binary_search(oracle, env, core, env.x, start, got, c.init_blend_tolerance,
                                          iterations_for(c.init_blend_tolerance))
         dist_post = l2_norm(blended - env.x)

@@ -41,7 +41,8 @@ import numpy as np
 from rsjax.attacks import dct
 from rsjax.attacks.common import AttackCore, AttackEnv, DecisionAttack, attack_keys, bcast, clip01, flat, query_one
 from rsjax.attacks.noisy import carry_prior, default_prior, prob_bisection, set_current, sprt
-from rsjax.attacks.surfree import circle_point, orthogonal_direction, quantize, unit, update_theta_max
+from rsjax.attacks.rays import block_flipped_signs
+from rsjax.attacks.surfree import SurFreeBasisConfig, circle_point, orthogonal_direction, quantize, unit, update_theta_max
 from rsjax.errors import InputError
 
 
@@ -150,13 +151,7 @@ class RaySNA(_NoiseAware, DecisionAttack):
         d = math.prod(env.x.shape[1:])
         max_level = max(0, math.ceil(math.log2(d)))
         sqrt_d = math.sqrt(d)
-        n_blocks = jnp.left_shift(1, st.level)
-        size = (d + n_blocks - 1) // n_blocks
-        start = st.block * size
-        end = jnp.minimum(d, start + size)
-        idx = jnp.arange(d)[None, :]
-        flip = (idx >= start[:, None]) & (idx < end[:, None])
-        attempt = jnp.where(flip, -st.sign, st.sign)
+        attempt, n_blocks, end = block_flipped_signs(st.sign, st.level, st.block, d)
         unit_dir = (attempt / sqrt_d).reshape(env.x.shape)
 
         def along(r):
@@ -184,7 +179,7 @@ class RaySNA(_NoiseAware, DecisionAttack):
 # =========================================================================== SurFree
 
 @dataclass(frozen=True)
-class SurFreeNAConfig(NoiseAwareConfig):
+class SurFreeNAConfig(NoiseAwareConfig, SurFreeBasisConfig):
     """Noise-aware SurFree; SurFree's direction settings (authors' defaults) plus the noise-aware
     ones."""
 
@@ -192,12 +187,6 @@ class SurFreeNAConfig(NoiseAwareConfig):
     n_ortho: int = 100
     rho: float = 0.95
     quantization: bool = True
-    basis_function: str = "tanh"
-    tanh_gamma: float = 1.0
-    frequency_range: tuple = (0.0, 0.5)
-    beta: float = 0.0
-    start_sigma: float = 0.5
-    start_max_tries: int = 100
     max_angle: float = 89.0
 
 

@@ -43,8 +43,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rsjax.attacks.common import AttackCore, AttackEnv, attack_keys, bcast, clip01, l2_norm, query_one, remaining
-from rsjax.attacks.hsja import HSJA, HSJAConfig
+from rsjax.attacks.common import AttackCore, AttackEnv, attack_keys, bcast, clip01, l2_norm, remaining
+from rsjax.attacks.hsja import HSJA, HSJAConfig, uniform_start_search
 from rsjax.attacks.surfree import _as_two_rows, _first_row
 from rsjax.attacks.noisy import carry_prior, default_prior, hypotheses, prob_bisection, set_current
 from rsjax.errors import InputError
@@ -133,28 +133,8 @@ class PSJ(HSJA):
     # ------------------------------------------------------------------ start
     def _init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
         c = self.config
-        keys = attack_keys(env.image_keys, 0)
-        shape = env.x.shape[1:]
         b = env.x.shape[0]
-
-        def noise(i):
-            return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i), shape))(keys)
-
-        def cond(s):
-            i, searching, _, _, _ = s
-            return (i < c.max_init_tries) & jnp.any(searching)
-
-        def body(s):
-            i, searching, hit, start, core_ = s
-            u = noise(i)
-            out = query_one(oracle, env, core_, u, searching)
-            start = jnp.where(bcast(out.adversarial, start), u, start)
-            hit = hit | out.adversarial
-            searching = searching & out.sent & ~out.adversarial
-            return i + 1, searching, hit, start, out.core
-
-        _, _, got, start, core = jax.lax.while_loop(
-            cond, body, (0, active, jnp.zeros_like(active), env.x, core))
+        got, start, core = uniform_start_search(oracle, env, core, active, c.max_init_tries)
         prior = default_prior(b, c.p_c)
         _, ok1, _, r1, core = self._search(oracle, env, core, start, got, prior)
         hi1 = jnp.minimum(r1.hi + 1.0 / c.grid, 1.0)

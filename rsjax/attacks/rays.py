@@ -53,6 +53,20 @@ class RaySState(NamedTuple):
     hi: jax.Array  # [B] float32
 
 
+def block_flipped_signs(sign: jax.Array, level: jax.Array, block: jax.Array,
+                        d: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """RayS's hierarchical probe direction: the sign vector s [B, d] with block ``block`` of
+    level ``level`` (2^level blocks of ceil(d / 2^level) coordinates) negated; also returns the
+    number of blocks of the level and the block's end (for moving to the next block)."""
+    n_blocks = jnp.left_shift(1, level)
+    size = (d + n_blocks - 1) // n_blocks
+    start = block * size
+    end = jnp.minimum(d, start + size)
+    idx = jnp.arange(d)[None, :]
+    flip = (idx >= start[:, None]) & (idx < end[:, None])
+    return jnp.where(flip, -sign, sign), n_blocks, end
+
+
 class RayS(DecisionAttack):
     """RayS (L-inf). ``RayS(**overrides)`` with the fields of :class:`RaySConfig`.
 
@@ -89,14 +103,7 @@ class RayS(DecisionAttack):
         max_level = max(0, math.ceil(math.log2(d)))  # beyond it blocks are single coordinates
         sqrt_d = math.sqrt(d)
 
-        # the direction of a probe step: s with block i of level k negated
-        n_blocks = jnp.left_shift(1, st.level)
-        size = (d + n_blocks - 1) // n_blocks
-        start = st.block * size
-        end = jnp.minimum(d, start + size)
-        idx = jnp.arange(d)[None, :]
-        flip = (idx >= start[:, None]) & (idx < end[:, None])
-        attempt = jnp.where(flip, -st.sign, st.sign)
+        attempt, n_blocks, end = block_flipped_signs(st.sign, st.level, st.block, d)
 
         probing = ~st.bisecting
         direction = jnp.where(probing[:, None], attempt, st.candidate)

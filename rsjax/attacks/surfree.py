@@ -89,7 +89,20 @@ _ALPHA_CHECK, _END_STEP, _BEGIN_STEP, _GO_FINAL, _LS_END = range(7, 12)
 
 
 @dataclass(frozen=True)
-class SurFreeConfig:
+class SurFreeBasisConfig:
+    """SurFree's direction basis and start search (the authors' defaults), shared by the plain
+    and the noise-aware SurFree."""
+
+    basis_function: str = "tanh"
+    tanh_gamma: float = 1.0
+    frequency_range: tuple = (0.0, 0.5)
+    beta: float = 0.0
+    start_sigma: float = 0.5
+    start_max_tries: int = 100
+
+
+@dataclass(frozen=True)
+class SurFreeConfig(SurFreeBasisConfig):
     """Defaults of the authors' standalone ``SurFree`` class and ``Basis`` class.
 
     (Their ``config_example.json`` differs: steps 50, BS_max_iteration 10, rho 0.98, n_ortho 10,
@@ -106,12 +119,6 @@ class SurFreeConfig:
     final_line_search: bool = True
     quantization: bool = True
     clip: bool = True
-    basis_function: str = "tanh"
-    tanh_gamma: float = 1.0
-    frequency_range: tuple = (0.0, 0.5)
-    beta: float = 0.0
-    start_sigma: float = 0.5
-    start_max_tries: int = 100
     chunk_steps: int = 64
 
 

@@ -17,13 +17,18 @@ FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
 
 
-class MLP(nn.Module):
-    """Normalize, flatten, then Dense-ReLU layers of ``hidden`` widths and a linear head."""
+class _FMNISTClassifier(nn.Module):
+    """Fields shared by the Fashion-MNIST classifiers: classes and the input normalization."""
 
-    hidden: tuple[int, ...] = (256, 256)
     num_classes: int = 10
     mean: tuple[float, ...] = FMNIST_MEAN
     std: tuple[float, ...] = FMNIST_STD
+
+
+class MLP(_FMNISTClassifier):
+    """Normalize, flatten, then Dense-ReLU layers of ``hidden`` widths and a linear head."""
+
+    hidden: tuple[int, ...] = (256, 256)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -34,7 +39,7 @@ class MLP(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(_FMNISTClassifier):
     """Normalize, then per stage [conv3x3(w) - BatchNorm - ReLU] - maxpool 2x2, for ``widths``
     (default 16, 32: 28x28 -> 14x14 -> 7x7), then dense(``hidden``)-ReLU and a linear head.
     Explicit symmetric 1-pixel padding on the 3x3 convs (no 'SAME' ambiguity).
@@ -45,9 +50,6 @@ class SmallCNN(nn.Module):
 
     widths: tuple[int, ...] = (16, 32)
     hidden: int = 128
-    num_classes: int = 10
-    mean: tuple[float, ...] = FMNIST_MEAN
-    std: tuple[float, ...] = FMNIST_STD
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -62,29 +64,19 @@ class SmallCNN(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-register_model(
-    ModelSpec(
-        name="fmnist_mlp",
-        build=lambda: MLP(),
-        input_shape=(28, 28, 1),
-        num_classes=10,
-        dataset="fashion-mnist",
-        description="784-256-256-10 ReLU MLP (default Fashion-MNIST classifier; fast under RS)",
-        # ~90 % test accuracy in well under a minute of 2-core CPU (Adam, cosine decay).
-        defaults={"train": {"epochs": 15, "batch_size": 128, "optimizer": "adam", "learning_rate": 1e-3}},
-    )
-)
-register_model(
-    ModelSpec(
-        name="fmnist_cnn",
-        build=lambda: SmallCNN(),
-        input_shape=(28, 28, 1),
-        num_classes=10,
-        dataset="fashion-mnist",
-        description="2-conv (16, 32) BatchNorm CNN for Fashion-MNIST (stronger, much slower than the MLP)",
-        has_batch_stats=True,
-        cpu_forward_block=128,
-        # >= 91 % test accuracy after 4 of these 10 epochs (epoch times: benchmarks/RESULTS.md)
-        defaults={"train": {"epochs": 10, "batch_size": 128, "optimizer": "adam", "learning_rate": 2e-3}},
-    )
-)
+def _register_fmnist(name: str, build, description: str, train: dict, **extra) -> None:
+    """Register a Fashion-MNIST classifier (28x28x1 inputs, 10 classes) with its training defaults."""
+    register_model(ModelSpec(name=name, build=build, input_shape=(28, 28, 1), num_classes=10,
+                             dataset="fashion-mnist", description=description, defaults={"train": train},
+                             **extra))
+
+
+# ~90 % test accuracy in well under a minute of 2-core CPU (Adam, cosine decay).
+_register_fmnist("fmnist_mlp", lambda: MLP(),
+                 "784-256-256-10 ReLU MLP (default Fashion-MNIST classifier; fast under RS)",
+                 {"epochs": 15, "batch_size": 128, "optimizer": "adam", "learning_rate": 1e-3})
+# >= 91 % test accuracy after 4 of these 10 epochs (epoch times: benchmarks/RESULTS.md)
+_register_fmnist("fmnist_cnn", lambda: SmallCNN(),
+                 "2-conv (16, 32) BatchNorm CNN for Fashion-MNIST (stronger, much slower than the MLP)",
+                 {"epochs": 10, "batch_size": 128, "optimizer": "adam", "learning_rate": 2e-3},
+                 has_batch_stats=True, cpu_forward_block=128)
