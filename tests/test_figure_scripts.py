@@ -33,7 +33,7 @@ def common(fmnist_dir, tmp_path_factory):
 
 def cached_classifier(common) -> Classifier:
     cache = Path(common[common.index("--cache-dir") + 1])
-    (path,) = sorted(cache.glob("*.ckpt"))
+    (path,) = sorted(p for p in cache.glob("*.ckpt") if not p.name.endswith(".best.ckpt"))
     return Classifier.from_checkpoint(str(path))
 
 
