@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
 #: submodules reachable as attributes of the package without importing them first
 _SUBMODULES = frozenset((
     "analysis", "attacks", "cache", "certification", "checkpoints", "classifier", "cli", "data", "errors",
-    "findings", "intervals", "models", "noise", "oracle", "plots", "report", "results", "smoothing", "study",
+    "findings", "geometry", "intervals", "models", "noise", "oracle", "plots", "report", "results", "smoothing", "study",
     "sweep", "theory", "train", "verify", "whitebox", "xla_options",
 ))
 

@@ -192,10 +192,29 @@ def test_probe_angles_theta_max_and_bisection_rules():
     np.testing.assert_array_equal(np.asarray(c2), [True, False, False, False])
 
 
-def test_tree_sum_and_quantize():
-    a = np.random.default_rng(5).normal(size=(3, 37)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(tree_sum(jnp.asarray(a))), a.sum(1), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(tree_sum(jnp.asarray(a), axis=0)), a.sum(0), rtol=1e-5)
+def _halving_sum_numpy(v: np.ndarray) -> np.ndarray:
+    """numpy statement of SurFree's summation order over the last axis, in float32: add the two
+    halves elementwise, padding an odd length with one zero, until one value is left."""
+    v = v.astype(np.float32)
+    while v.shape[-1] > 1:
+        if v.shape[-1] % 2:
+            v = np.concatenate([v, np.zeros(v.shape[:-1] + (1,), np.float32)], axis=-1)
+        h = v.shape[-1] // 2
+        v = (v[..., :h] + v[..., h:]).astype(np.float32)
+    return v[..., 0]
+
+
+@pytest.mark.parametrize("d", [1, 2, 37, 64, 784])
+def test_tree_sum_is_surfree_halving_order_bit_exact(d):
+    """SurFree's sum (rsjax.attacks.common.halving_sum) is bit-for-bit the stated order on any
+    axis, so a drift in summation order (hence in SurFree's trajectories) cannot go unnoticed."""
+    a = np.random.default_rng(5).normal(size=(3, d)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(tree_sum(jnp.asarray(a))), _halving_sum_numpy(a))
+    np.testing.assert_array_equal(np.asarray(tree_sum(jnp.asarray(a.T), axis=0)), _halving_sum_numpy(a))
+    np.testing.assert_allclose(np.asarray(tree_sum(jnp.asarray(a))), a.sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_quantize():
     q = np.asarray(quantize(jnp.asarray([0.0, 0.5 / 255 + 1e-4, 1.0, 0.3])))
     np.testing.assert_allclose(q * 255, np.round(q * 255), atol=1e-4)
 

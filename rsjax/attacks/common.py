@@ -76,6 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax.errors import InputError
+from rsjax.geometry import bcast, clip01, flat, halving_sum, l2_norm, linf_norm, safe_normalize, tree_sum
 from rsjax.oracle import Oracle, image_keys as _image_keys, query_keys
 from rsjax.xla_options import jit
 
@@ -122,62 +123,7 @@ def initial_core(env: AttackEnv) -> AttackCore:
 
 
 # --------------------------------------------------------------------------- small math
-
-def flat(v: jax.Array) -> jax.Array:
-    """[B, ...] -> [B, D]."""
-    return v.reshape(v.shape[0], -1)
-
-
-def tree_sum(v: jax.Array, axis: int = 1) -> jax.Array:
-    """Sum over ``axis`` in a fixed pairwise order (zero-pad to a power of two, then add halves).
-
-    XLA:CPU's own reductions change their summation order with the number of rows (measured:
-    a row sum over 784 values differs in the last bit between 5 and 7 rows), which would make an
-    image's trajectory depend on its batch; elementwise adds in a fixed order do not."""
-    axis = axis % v.ndim
-    d = v.shape[axis]
-    n = 1 << max(0, (d - 1).bit_length())
-    if n != d:
-        # first halving of the zero-padded vector without materialising the padding:
-        # w[i] = v[i] + v[i + n/2] for i < d - n/2, and w[i] = v[i] (+ 0) for the rest
-        h = n // 2
-        sl = lambda a, b: jax.lax.slice_in_dim(v, a, b, axis=axis)  # noqa: E731
-        v = jnp.concatenate([sl(0, d - h) + sl(h, d), sl(d - h, h)], axis=axis)
-        n = h
-    while n > 1:
-        n //= 2
-        v = jax.lax.slice_in_dim(v, 0, n, axis=axis) + jax.lax.slice_in_dim(v, n, 2 * n, axis=axis)
-    return jnp.squeeze(v, axis)
-
-
-def l2_norm(v: jax.Array) -> jax.Array:
-    """Per-row L2 norm over all axes after the first: [B, ...] -> [B] (batch-invariant order)."""
-    return jnp.sqrt(tree_sum(jnp.square(flat(v)), axis=1))
-
-
-def linf_norm(v: jax.Array) -> jax.Array:
-    """Per-row L-inf norm over all axes after the first: [B, ...] -> [B]."""
-    return jnp.max(jnp.abs(flat(v)), axis=1)
-
-
-def bcast(v: jax.Array, like: jax.Array) -> jax.Array:
-    """Reshape a [B] (or [B, P]) array to broadcast against ``like`` ([B, ...])."""
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
-
-
-def safe_normalize(v: jax.Array, fallback: jax.Array | None = None) -> jax.Array:
-    """v / ||v||_2 per row; rows of zero (or non-finite) norm become ``fallback`` (default 0),
-    so no NaN ever appears."""
-    n = l2_norm(v)
-    ok = (n > 0) & jnp.isfinite(n)
-    out = v / bcast(jnp.where(ok, n, 1.0), v)
-    fb = jnp.zeros_like(v) if fallback is None else fallback
-    return jnp.where(bcast(ok, v), out, fb)
-
-
-def clip01(x: jax.Array) -> jax.Array:
-    return jnp.clip(x, 0.0, 1.0)
-
+# (the batched geometry helpers live in rsjax/geometry.py; re-exported here for the attacks)
 
 def attack_keys(image_keys: jax.Array, tag: jax.Array | int) -> jax.Array:
     """Attack randomness of each image: fold_in(fold_in(image_key, ATTACK_STREAM), tag) -> [B]."""
@@ -623,7 +569,7 @@ class _Collector:
 __all__ = [
     "ATTACK_STREAM", "AttackEnv", "AttackCore", "AttackResult", "DecisionAttack", "QueryOutcome",
     "STATUS_ATTACKED", "STATUS_MISCLASSIFIED", "STATUS_NO_START",
-    "attack_keys", "bcast", "binary_search", "clip01", "flat", "initial_core", "iterations_for",
+    "attack_keys", "bcast", "binary_search", "clip01", "flat", "halving_sum", "initial_core", "iterations_for",
     "l2_norm", "linf_norm", "query", "query_one", "remaining", "safe_normalize", "tree_sum", "update_best",
     "where_rows",
 ]

@@ -69,6 +69,7 @@ import numpy as np
 
 from rsjax.attacks import dct
 from rsjax.attacks.common import (
+    halving_sum as tree_sum,
     AttackCore,
     AttackEnv,
     DecisionAttack,
@@ -150,23 +151,6 @@ class SurFreeState(NamedTuple):
 
 
 # --------------------------------------------------------------------------- pure maths
-
-def tree_sum(a: jax.Array, axis: int = -1) -> jax.Array:
-    """Sum over ``axis`` in a fixed pairwise order (halves added elementwise, odd lengths padded
-    with one zero). Unlike ``jnp.sum``, whose XLA CPU code generation depends on the other
-    dimensions (measured: row sums of a [B, 64] array differ in the last bit between B = 1 and
-    B = 4), the result for one row never depends on the batch size: this is what makes an
-    image's trajectory independent of its batch."""
-    axis = axis % a.ndim
-    while a.shape[axis] > 1:
-        if a.shape[axis] % 2:
-            pad = [(0, 0)] * a.ndim
-            pad[axis] = (0, 1)
-            a = jnp.pad(a, pad)
-        half = a.shape[axis] // 2
-        a = jax.lax.slice_in_dim(a, 0, half, axis=axis) + jax.lax.slice_in_dim(a, half, 2 * half, axis=axis)
-    return jnp.squeeze(a, axis)
-
 
 def row_dot(a: jax.Array, b: jax.Array) -> jax.Array:
     """Batch-invariant per-row inner product of [B, ...] arrays -> [B]."""

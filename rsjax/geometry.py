@@ -1,0 +1,87 @@
+"""Batched geometry helpers shared by the attacks, the evaluator's callers, the white-box
+attack and the exact linear model: rows are images ([B, ...] arrays), and every sum runs in a
+fixed elementwise order so that a row's result never depends on the other rows of its batch.
+
+* :func:`tree_sum` — zero-pad to a power of two, add halves (the order of the attacks' norms and
+  of :func:`rsjax.models.linear.linear_logits_fn`);
+* :func:`halving_sum` — add halves, padding an odd length by one zero at each level (SurFree's
+  order);
+* :func:`l2_norm`, :func:`linf_norm`, :func:`safe_normalize`, :func:`flat`, :func:`bcast`,
+  :func:`clip01`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def flat(v: jax.Array) -> jax.Array:
+    """[B, ...] -> [B, D]."""
+    return v.reshape(v.shape[0], -1)
+
+
+def tree_sum(v: jax.Array, axis: int = 1) -> jax.Array:
+    """Sum over ``axis`` in a fixed pairwise order (zero-pad to a power of two, then add halves).
+
+    XLA:CPU's own reductions change their summation order with the number of rows (measured:
+    a row sum over 784 values differs in the last bit between 5 and 7 rows), which would make an
+    image's trajectory depend on its batch; elementwise adds in a fixed order do not."""
+    axis = axis % v.ndim
+    d = v.shape[axis]
+    n = 1 << max(0, (d - 1).bit_length())
+    if n != d:
+        # first halving of the zero-padded vector without materialising the padding:
+        # w[i] = v[i] + v[i + n/2] for i < d - n/2, and w[i] = v[i] (+ 0) for the rest
+        h = n // 2
+        sl = lambda a, b: jax.lax.slice_in_dim(v, a, b, axis=axis)  # noqa: E731
+        v = jnp.concatenate([sl(0, d - h) + sl(h, d), sl(d - h, h)], axis=axis)
+        n = h
+    while n > 1:
+        n //= 2
+        v = jax.lax.slice_in_dim(v, 0, n, axis=axis) + jax.lax.slice_in_dim(v, n, 2 * n, axis=axis)
+    return jnp.squeeze(v, axis)
+
+
+def halving_sum(a: jax.Array, axis: int = -1) -> jax.Array:
+    """Sum over ``axis`` in SurFree's fixed pairwise order: halves added elementwise, an odd
+    length padded with one zero at each level (784 -> 392 -> ... -> 49 -> 50 -> 25 -> 26 -> ...).
+    Batch-invariant like :func:`tree_sum` (a row's result never depends on the other rows) but a
+    different order, hence other roundings: SurFree's trajectories are defined by this one."""
+    axis = axis % a.ndim
+    while a.shape[axis] > 1:
+        if a.shape[axis] % 2:
+            pad = [(0, 0)] * a.ndim
+            pad[axis] = (0, 1)
+            a = jnp.pad(a, pad)
+        half = a.shape[axis] // 2
+        a = jax.lax.slice_in_dim(a, 0, half, axis=axis) + jax.lax.slice_in_dim(a, half, 2 * half, axis=axis)
+    return jnp.squeeze(a, axis)
+
+
+def l2_norm(v: jax.Array) -> jax.Array:
+    """Per-row L2 norm over all axes after the first: [B, ...] -> [B] (batch-invariant order)."""
+    return jnp.sqrt(tree_sum(jnp.square(flat(v)), axis=1))
+
+
+def linf_norm(v: jax.Array) -> jax.Array:
+    """Per-row L-inf norm over all axes after the first: [B, ...] -> [B]."""
+    return jnp.max(jnp.abs(flat(v)), axis=1)
+
+
+def bcast(v: jax.Array, like: jax.Array) -> jax.Array:
+    """Reshape a [B] (or [B, P]) array to broadcast against ``like`` ([B, ...])."""
+    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
+
+
+def safe_normalize(v: jax.Array, fallback: jax.Array | None = None) -> jax.Array:
+    """v / ||v||_2 per row; rows of zero (or non-finite) norm become ``fallback`` (default 0),
+    so no NaN ever appears."""
+    n = l2_norm(v)
+    ok = (n > 0) & jnp.isfinite(n)
+    out = v / bcast(jnp.where(ok, n, 1.0), v)
+    fb = jnp.zeros_like(v) if fallback is None else fallback
+    return jnp.where(bcast(ok, v), out, fb)
+
+
+def clip01(x: jax.Array) -> jax.Array:
+    return jnp.clip(x, 0.0, 1.0)
