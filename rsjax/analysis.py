@@ -107,13 +107,16 @@ def smoothed_counts(logits_fn: LogitsFn, x, keys: jax.Array, sigma: float, n: in
 def adversarial_from_counts(counts, y, p_a: float | None = None) -> np.ndarray:
     """Decision of one call of g_{sigma,n} from its counts [P, K] for true labels y ([P] or
     scalar): plurality != y when ``p_a`` is None, else (wrong micro-decisions) >= ceil(n P_a)."""
+    from rsjax.oracle import adversarial_from_counts as decide  # the oracles' own decision rule
+
     counts = np.asarray(counts)
-    y = np.broadcast_to(np.asarray(y), counts.shape[:1])
+    y = np.broadcast_to(np.asarray(y), counts.shape[:1]).astype(np.int32)
+    if len(counts) == 0:
+        return np.zeros(0, bool)
     if p_a is None:
-        return counts.argmax(axis=-1) != y
-    n = int(counts[0].sum()) if len(counts) else 1
-    wrong = counts.sum(axis=-1) - np.take_along_axis(counts, y[:, None], axis=-1)[:, 0]
-    return wrong >= level_wrong_count(n, p_a)
+        return np.asarray(decide("label", jnp.asarray(counts), jnp.asarray(y)))
+    n = int(counts[0].sum())
+    return np.asarray(decide("level", jnp.asarray(counts), jnp.asarray(y), level_wrong_count(n, p_a)))
 
 
 def smoothed_labels(logits_fn: LogitsFn, x, key: jax.Array, sigma: float, n: int, num_classes: int,

@@ -667,6 +667,8 @@ def format_epoch(record: Mapping[str, Any], config: TrainConfig) -> str:
     return message + f" [{record['seconds']:.0f} s in all]"
 
 
+# the training loop reads as one piece (set-up, resume, epochs, checkpoints); its parts are the
+# helpers above (_run_epoch, _evaluate_epoch, _resume, _initial_metadata)
 def train(
     config: TrainConfig,
     train_data: Dataset,

@@ -168,3 +168,19 @@ def test_first_crossing_and_labels():
     pts = A.points_along(c - 0.1 * wn, c + 0.1 * wn, np.linspace(0, 1, 11))
     lab = A.labels_of(fn, pts, batch_size=4)  # several padded batches
     np.testing.assert_array_equal(lab, (np.arange(11) > 5).astype(int))
+
+
+def test_adversarial_from_counts_is_the_oracles_rule():
+    """The analysis decides with the oracles' rule (rsjax.oracle.adversarial_from_counts): the
+    plurality (lowest index on ties) differs from y, or at least ceil(n P_a) wrong votes."""
+    from rsjax.analysis import adversarial_from_counts
+    from rsjax.theory import level_wrong_count
+
+    rng = np.random.default_rng(0)
+    counts = rng.multinomial(10, [0.3, 0.3, 0.2, 0.2], size=400)
+    y = rng.integers(0, 4, 400)
+    assert (counts.max(1)[:, None] == counts).sum(1).max() > 1  # ties occur
+    np.testing.assert_array_equal(adversarial_from_counts(counts, y), counts.argmax(1) != y)
+    for p_a in (0.5, 0.8):
+        wrong = counts.sum(1) - counts[np.arange(400), y]
+        np.testing.assert_array_equal(adversarial_from_counts(counts, y, p_a), wrong >= level_wrong_count(10, p_a))

@@ -416,6 +416,8 @@ class SurFree(DecisionAttack):
 
         return jax.lax.switch(branch, [for_size(k) for k in sizes], s)
 
+    # long by design: one tick of a per-image state machine; splitting its phases would scatter
+    # the transitions that must be read together (one query per tick, decided in one place)
     def _step(self, oracle: Oracle, env: AttackEnv, core: AttackCore, s: SurFreeState, active: jax.Array):
         c = self.config
         x = env.x
