@@ -68,8 +68,8 @@ def comparisons(records: Sequence[Mapping], confidence: float = 0.95) -> list[di
     crit = _rs_criterion(ver)
     rs = {k: v for k, v in ver.items() if k[4] == crit}
     rows = _ratio_rows(records, crit, confidence)
-    rows += _n_rows(rs, confidence)
-    rows += _sigma_rows(rs, confidence)
+    rows += _extremes_rows(rs, "fewer_n_larger", 2, confidence)
+    rows += _extremes_rows(rs, "sigma_no_robustness", 1, confidence)
     rows += _rays_rows(rs, confidence)
     rows += _randtrain_rows(ver, rs, confidence)
     return rows
@@ -90,32 +90,28 @@ def _ratio_rows(records, crit: str, confidence: float) -> list[dict]:
     return rows
 
 
-def _n_rows(rs: dict, confidence: float) -> list[dict]:
-    by: dict[tuple, dict[int, dict]] = defaultdict(dict)
-    for (m, s, n, pa, c, a), v in rs.items():
-        by[(m, s, pa, c, a)][n] = v
+def _extremes_rows(rs: dict, finding: str, axis: int, confidence: float) -> list[dict]:
+    """For every group of settings equal in all fields but field ``axis`` (2: n, 1: sigma) with
+    at least two values of it: the comparison smallest value minus largest value."""
+    by: dict[tuple, dict] = defaultdict(dict)
+    for key, v in rs.items():
+        by[key[:axis] + key[axis + 1:]][key[axis]] = v
     rows = []
-    for (m, s, pa, c, a), per_n in sorted(by.items(), key=lambda kv: str(kv[0])):
-        if len(per_n) < 2:
+    for rest, per in sorted(by.items(), key=lambda kv: str(kv[0])):
+        if len(per) < 2:
             continue
-        lo, hi = min(per_n), max(per_n)
-        rows.append(_compare("fewer_n_larger", f"{m} σ={s:g} P_a={pa} {a}: n={lo} - n={hi}",
-                             per_n[lo], per_n[hi], confidence))
+        lo, hi = min(per), max(per)
+        rows.append(_compare(finding, _label(rest, axis, lo, hi), per[lo], per[hi], confidence))
     return rows
 
 
-def _sigma_rows(rs: dict, confidence: float) -> list[dict]:
-    by: dict[tuple, dict[float, dict]] = defaultdict(dict)
-    for (m, s, n, pa, c, a), v in rs.items():
-        by[(m, n, pa, c, a)][s] = v
-    rows = []
-    for (m, n, pa, c, a), per_s in sorted(by.items(), key=lambda kv: str(kv[0])):
-        if len(per_s) < 2:
-            continue
-        lo, hi = min(per_s), max(per_s)
-        rows.append(_compare("sigma_no_robustness", f"{m} n={n} P_a={pa} {a}: σ={lo:g} - σ={hi:g}",
-                             per_s[lo], per_s[hi], confidence))
-    return rows
+def _label(rest: tuple, axis: int, lo, hi) -> str:
+    """'standard σ=0.55 P_a=0.5 hsja: n=1 - n=10' (axis 2) or 'standard n=1 P_a=0.5 hsja: σ=0.55 - σ=0.8'."""
+    if axis == 2:
+        m, s, pa, _, a = rest
+        return f"{m} σ={s:g} P_a={pa} {a}: n={lo} - n={hi}"
+    m, n, pa, _, a = rest
+    return f"{m} n={n} P_a={pa} {a}: σ={lo:g} - σ={hi:g}"
 
 
 def _rays_rows(rs: dict, confidence: float) -> list[dict]:

@@ -299,12 +299,14 @@ class LevelEstimate(NamedTuple):
     evaluations: np.ndarray  # [B] base-model evaluations spent
 
 
-def clopper_pearson_interval(k, m: int, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def clopper_pearson_interval(k, m, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Two-sided exact (Clopper-Pearson) interval for a binomial proportion with k successes out
-    of m: [Beta.ppf(a/2, k, m-k+1), Beta.ppf(1-a/2, k+1, m-k)], a = 1 - confidence."""
+    of m (scalars or arrays, m >= 1): [Beta.ppf(a/2, k, m-k+1), Beta.ppf(1-a/2, k+1, m-k)],
+    a = 1 - confidence; each end is also the one-sided bound at level a/2."""
     from scipy import stats
 
     k = np.asarray(k, np.float64)
+    m = np.asarray(m, np.float64)
     a = 1.0 - confidence
     low = np.where(k > 0, stats.beta.ppf(a / 2, np.maximum(k, 1), m - k + 1), 0.0)
     high = np.where(k < m, stats.beta.ppf(1 - a / 2, k + 1, np.maximum(m - k, 1)), 1.0)

@@ -152,9 +152,9 @@ def summary_row(rs: Sequence[Mapping], accuracy: float, confidence: float = 0.95
                success_rate=len(ok) / len(rs),
                **{s: sum(x == s for x in status) for s in ("misclassified", "no_start", "unverified",
                                                             "smoothed_abstain", "smoothed_wrong")})
-    from rsjax.verify import clopper_pearson
+    from rsjax.oracle import clopper_pearson_interval
 
-    lo, hi = clopper_pearson(len(ok), len(rs), confidence)
+    lo, hi = clopper_pearson_interval(len(ok), len(rs), confidence)
     row.update(success_rate_low=float(lo), success_rate_high=float(hi))
     # over every image the attacker was given (not the smoothed_* ones), failures counted as +inf
     given = [r for r in rs if not str(r["status"]).startswith("smoothed")]

@@ -52,6 +52,7 @@ import numpy as np
 from scipy import stats
 
 from rsjax.errors import InputError, check_int_at_least, check_open_unit, check_positive
+from rsjax.oracle import clopper_pearson_interval
 
 #: decide(points [P, H, W, C], references [P], keys [P], active [P]) -> adversarial [P] (numpy bool)
 DecideFn = Callable[[np.ndarray, np.ndarray, jax.Array, np.ndarray], np.ndarray]
@@ -123,8 +124,7 @@ def level_test_plan(p_a: float, config: VerifyConfig = VerifyConfig()) -> LevelT
     acc, rej = [], []
     for c in sched:
         k = np.arange(c + 1)
-        low = np.where(k > 0, stats.beta.ppf(delta, np.maximum(k, 1), c - k + 1), 0.0)
-        high = np.where(k < c, stats.beta.ppf(1 - delta, k + 1, np.maximum(c - k, 1)), 1.0)
+        low, high = clopper_pearson_interval(k, c, 1.0 - 2.0 * delta)  # one-sided bounds at level delta
         ok = np.flatnonzero(low >= p_a)
         no = np.flatnonzero(high < p_a)
         acc.append(int(ok[0]) if len(ok) else int(c) + 1)
@@ -154,16 +154,6 @@ def acceptance_probability(test: LevelTest, levels) -> np.ndarray:
             prev = c
         out[i] = accepted
     return out
-
-
-def clopper_pearson(k, c, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided exact interval for k successes in c trials (arrays; c >= 1)."""
-    k = np.asarray(k, np.float64)
-    c = np.asarray(c, np.float64)
-    a = 1.0 - confidence
-    low = np.where(k > 0, stats.beta.ppf(a / 2, np.maximum(k, 1), c - k + 1), 0.0)
-    high = np.where(k < c, stats.beta.ppf(1 - a / 2, k + 1, np.maximum(c - k, 1)), 1.0)
-    return low, high
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +202,7 @@ def ray_points(x_o: np.ndarray, direction: np.ndarray, t: np.ndarray) -> np.ndar
 
 def saturation_t(x_o: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """Per item, the t beyond which clip(x_o + t d) no longer moves: max over the coordinates
-    with d != 0 of the t at which they reach 0 or 1 (inf for a zero direction... reported as 0)."""
+    with d != 0 of the t at which they reach 0 or 1 (0 for a zero direction)."""
     xo = x_o.reshape(len(x_o), -1).astype(np.float64)
     d = direction.reshape(len(direction), -1).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -352,7 +342,7 @@ def verify_rays(decide: DecideFn, x_o, x_a, refs, p_a, image_ids, root: jax.Arra
     t_cur = np.ones(j_items)
     t_lo = np.full(j_items, np.nan)  # largest t rejected
     t_hi = np.full(j_items, np.nan)  # smallest t accepted
-    best = np.zeros((j_items, 3), np.int64)  # wrong, calls at t_hi / at t = 1 (fallback)
+    best = np.zeros((j_items, 2), np.int64)  # wrong answers and calls of the test at t_hi
     first = np.zeros((j_items, 2), np.int64)
     total = np.zeros(j_items, np.int64)
     n_tests = np.zeros(j_items, np.int64)
@@ -374,7 +364,7 @@ def verify_rays(decide: DecideFn, x_o, x_a, refs, p_a, image_ids, root: jax.Arra
             n_tests[j] += 1
             if out.accepted[row]:
                 t_hi[j] = t_cur[j]
-                best[j] = (out.wrong[row], out.calls[row], 1)
+                best[j] = (out.wrong[row], out.calls[row])
             else:
                 t_lo[j] = t_cur[j]
             if not moves[j]:
@@ -398,7 +388,7 @@ def verify_rays(decide: DecideFn, x_o, x_a, refs, p_a, image_ids, root: jax.Arra
     linf = np.where(verified, linf, np.inf)
     k = np.where(verified, best[:, 0], first[:, 0])
     c = np.where(verified, best[:, 1], first[:, 1])
-    low, high = clopper_pearson(k, np.maximum(c, 1), interval_confidence)
+    low, high = clopper_pearson_interval(k, np.maximum(c, 1), interval_confidence)
     return Verification(verified, np.where(verified, t_hi, np.nan), x_ver, l2, linf,
                         k / np.maximum(c, 1), low, high, c, total, n_tests,
                         np.array([t.accept_level for t in tests]).reshape(j_items),
@@ -422,7 +412,7 @@ def level_at_points(decide: DecideFn, x, refs, p_a, image_ids, root: jax.Array,
     out = run_level_tests(decide, x, refs, ids, [plans[float(p)] for p in p_a], root, config, deterministic,
                           tags, {} if cache is None else cache)
     c = np.maximum(out.calls, 1)
-    low, high = clopper_pearson(out.wrong, c, interval_confidence)
+    low, high = clopper_pearson_interval(out.wrong, c, interval_confidence)
     return {"accepted": out.accepted, "level": out.wrong / c, "level_low": low, "level_high": high,
             "calls": out.calls}
 
