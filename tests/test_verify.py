@@ -171,6 +171,23 @@ def test_coin_flip_oracle_no_lucky_point_survives(attack):
         assert ver.t[i] >= t_star * (1 - 1e-6)
         assert ver.l2[i] >= bound[i] - 1e-6
     assert np.all(ver.l2 > res.l2)  # every raw output was a lucky point
+    # the same outputs against g_{sigma,n} for n in {1, 10, 100} and P_a in {0.5, 0.8}: each verified
+    # t lies in [t(P_a), t(accept_level)] x (1 + rel_tol), the window the test states
+    strict = VerifyConfig(calls=400, confidence=0.999, power=0.999)
+    for n_ in (1, 10, 100):
+        smoothed = SmoothedOracle(linear_logits_fn(w, b), 2, SIGMA, n_)
+        for pa in (0.5, 0.8):
+            v = verify_attack(smoothed, x_o, res.x_adv, np.zeros(4), pa, jax.random.key(6), config=strict)
+            tol = level_test_plan(pa, strict).accept_level
+            for i in np.flatnonzero(v.verified):
+                d = res.x_adv[i] - x_o[i]
+                lo = exact_t(x_o[i], d, w, b, n_, pa)
+                try:
+                    hi = exact_t(x_o[i], d, w, b, n_, tol)
+                except IndexError:  # the clipped ray never reaches accept_level: no upper end
+                    hi = np.inf
+                assert lo * (1 - 1e-6) <= v.t[i] <= hi * (1 + strict.rel_tol) + 1e-9, (attack, n_, pa, i, lo, v.t[i], hi)
+                assert v.l2[i] >= float(distortion_lower_bound(r_o[i], SIGMA, n_, pa)) - 1e-6
 
 
 def test_clean_level_test_and_deterministic_oracle():
