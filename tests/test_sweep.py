@@ -96,6 +96,35 @@ def test_checkpoint_cache_key_follows_training_config(tmp_path):
     assert sweep.cached_checkpoint_path(std, dataclasses.replace(cfg, train_limit=100), tmp_path) != p1
 
 
+class _TrainCalled(Exception):
+    pass
+
+
+def test_interrupted_training_in_the_cache_is_resumed_not_reused(tmp_path, monkeypatch):
+    """A cached checkpoint with a ``.resume`` state beside it is an interrupted run's last epoch:
+    the sweep must call train() on the same path (which resumes it), not load those weights."""
+    import rsjax.data
+    import rsjax.train
+    from rsjax.study.models import prepare_models
+
+    cfg = dataclasses.replace(sweep.preset("smoke"), models=sweep.preset("smoke").models[:1])
+    path = sweep.cached_checkpoint_path(cfg.models[0], cfg, tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"epoch 1 of an interrupted run")
+    rsjax.train.resume_state_path(path).write_bytes(b"resume state")
+    calls, logs = [], []
+
+    def fake_train(tc, train_data, eval_data, out=None, **kw):
+        calls.append(Path(out))
+        raise _TrainCalled
+
+    monkeypatch.setattr(rsjax.train, "train", fake_train)
+    monkeypatch.setattr(rsjax.data, "load_dataset", lambda spec, limit=None: "train data")
+    with pytest.raises(_TrainCalled):
+        prepare_models(cfg, logs.append, root=tmp_path)
+    assert calls == [path] and "resuming the interrupted training" in logs[-1]
+
+
 def test_changed_config_is_refused(tmp_path):
     cfg = sweep.preset("smoke")
     open_run_dir(tmp_path, cfg.to_dict())

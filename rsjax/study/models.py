@@ -1,7 +1,9 @@
 """The study's models: each :class:`~rsjax.study.config.ModelEntry` is a given checkpoint, or is
 trained with :func:`rsjax.train.train` and cached in ``$RSJAX_CACHE`` under
 ``checkpoints/<arch>-<recipe>-<hash>.ckpt`` (the hash of the resolved training configuration and
-training data spec: an identical request reuses the file)."""
+training data spec: an identical request reuses the file). A cached file with a ``.resume`` state
+beside it is from a training run that was killed: the sweep continues that run instead of using
+the partly trained weights."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,16 +52,22 @@ def prepare_models(config: SweepConfig, log: Callable[[str], None], root: Path |
                 raise InputError(f"checkpoint {entry.checkpoint} changed since this sweep's config was written")
             path, trained, seconds = Path(entry.checkpoint), False, 0.0
         else:
+            from rsjax.train import resume_state_path
+
             path = cached_checkpoint_path(entry, config, root)
             trained, seconds = False, 0.0
-            if not path.is_file():
+            # a checkpoint beside a resume state is an interrupted training run's last epoch, not
+            # the model asked for: continue that run (train() resumes from the state)
+            interrupted = path.is_file() and resume_state_path(path).is_file()
+            if not path.is_file() or interrupted:
                 from rsjax.data import load_dataset
                 from rsjax.train import train
 
                 if train_data is None:
                     train_data = load_dataset(config.train_data, limit=config.train_limit)
                 tc = resolved_train_config(entry, config)
-                log(f"training {entry.name} ({tc.arch}, recipe {tc.recipe}, {tc.epochs} epochs) -> {path}")
+                verb = "resuming the interrupted training of" if interrupted else "training"
+                log(f"{verb} {entry.name} ({tc.arch}, recipe {tc.recipe}, {tc.epochs} epochs) -> {path}")
                 t0 = time.perf_counter()
                 train(tc, train_data, eval_data, out=path, progress=False, log=log)
                 seconds = time.perf_counter() - t0
