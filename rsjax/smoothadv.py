@@ -20,16 +20,20 @@ DDN (Rony et al. 2019, also :mod:`rsjax.whitebox`): with delta_0 = 0, eps_0 = ``
     eps_k+1   = eps_k (1 - gamma) if adv_k else eps_k (1 + gamma)
     delta_k+1 = clip(x + eps_k+1 delta~ / ||delta~||_2, 0, 1) - x
 
-keeping the smallest-norm delta_k with adv_k. adv_k is the Monte Carlo estimate of "the level of
+keeping the smallest-norm delta_k != 0 with adv_k (a clean image already counted adversarial by
+the m draws still gets a direction). adv_k is the Monte Carlo estimate of "the level of
 g_{sigma,1} reaches ``target``" (for n > 1 and P_a = 1/2 the crossing of the level of g_{sigma,n}
-lies close to it, and the verifier finds the exact crossing along the direction anyway). The m
-draws are fixed per image (common random numbers: a deterministic objective) or, with
-``resample``, drawn afresh at every step (``fold_in(key_i, k)``).
+lies close to it, and the verifier finds the exact crossing along the direction anyway). As in
+Salman et al.'s attack the m draws are drawn afresh at every step (``resample``, the default:
+``fold_in(key_i, k)`` at step k); ``resample=False`` keeps one set of m draws per image (common
+random numbers: a deterministic objective, which the search can overfit; on the Fashion-MNIST MLP
+both gave the same verified floor within 2 %).
 
 **Candidate for verification.** The evaluator (:func:`rsjax.verify.verify_rays`) only searches
 outwards from its candidate (t >= 1) and then bisects. The floor therefore hands it
-x_o + ``shrink`` * delta_best (default 1/2, below the Monte Carlo crossing), so the verifier's ray
-search locates the level-P_a crossing of g_{sigma,n} *along the white-box direction* with its own
+x_o + ``shrink`` * delta_best (default 1/16, well below the Monte Carlo crossing: the crossing of
+the level of g_{sigma,n} along the direction may lie below or far above the search's own estimate,
+which is made with m draws), so the verifier's ray search (doubling, then bisection) locates the level-P_a crossing of g_{sigma,n} *along the white-box direction* with its own
 fresh calls and its own tolerance: the floor's verified distortion is measured by exactly the
 procedure that measures the black-box attacks.
 
@@ -102,7 +106,7 @@ def _smoothadv_jit(logits_fn, x, y, keys, sigma, *, m, steps, resample, gamma, i
         g, wrong = grad_fn(delta, eps)
         adv = wrong >= target
         l2 = _norms(delta)
-        better = adv & (l2 < best_l2)
+        better = adv & (l2 > 0) & (l2 < best_l2)  # delta = 0 gives no direction to verify
         best = jnp.where(_bc(better, x), delta, best)
         best_l2 = jnp.where(better, l2, best_l2)
         best_w = jnp.where(better, wrong, best_w)
@@ -119,7 +123,7 @@ def _smoothadv_jit(logits_fn, x, y, keys, sigma, *, m, steps, resample, gamma, i
     # the last iterate, judged with the draws of the last step
     _, wrong = soft(delta, draws(steps - 1) if resample else fixed)
     l2 = _norms(delta)
-    better = (wrong >= target) & (l2 < best_l2)
+    better = (wrong >= target) & (l2 > 0) & (l2 < best_l2)
     best = jnp.where(_bc(better, x), delta, best)
     best_l2 = jnp.where(better, l2, best_l2)
     best_w = jnp.where(better, wrong, best_w)
@@ -135,9 +139,9 @@ def smoothadv_minimal(
     *,
     m: int = 32,
     steps: int = 100,
-    resample: bool = False,
+    resample: bool = True,
     target: float = 0.5,
-    shrink: float = 0.5,
+    shrink: float = 0.0625,
     gamma: float = 0.05,
     init_norm: float = 1.0,
     alpha_max: float = 1.0,

@@ -25,7 +25,8 @@ def test_linear_direction_is_the_normal_and_verified_distance_is_eq6():
     along the normal; verified against g_{sigma,n} (n in 1, 10, 100; P_a = 0.5) the distortion
     lies in the window the test states, [d(P_a), d(accept_level)] (1 + rel_tol), where d(p) is
     the exact distance of eq. (6) at level p along the normal (the tolerance: d(accept_level) -
-    d(P_a), about 0.06 at n = 1 and 0.01 at n = 100 with sigma = 0.25)."""
+    d(P_a), 0.21 at n = 1, 0.08 at n = 10, 0.03 at n = 100 with sigma = 0.25 and the
+    evaluator at 100 calls, 99.9 % confidence and power)."""
     x_o, w, b = linear_setup()
     f = linear_logits_fn(w, b)
     res = smoothadv_minimal(f, x_o, np.zeros(4), _keys(4), SIGMA, m=32, steps=60)
@@ -36,7 +37,7 @@ def test_linear_direction_is_the_normal_and_verified_distance_is_eq6():
     cos = d @ nrm / np.linalg.norm(d, axis=1)
     assert np.all(cos > 1 - 1e-4), cos
     r_o = -signed_distance(x_o, w, b)
-    cfg = VerifyConfig(calls=200, confidence=0.99, power=0.99)
+    cfg = VerifyConfig(confidence=0.999, power=0.999)  # 100 calls per test
     for n in (1, 10, 100):
         ver = verify_attack(SmoothedOracle(f, 2, SIGMA, n), x_o, res.x_adv, np.zeros(4), 0.5, jax.random.key(7),
                             config=cfg)
@@ -60,13 +61,13 @@ def test_batch_independence_and_no_nan(resample):
     x_o, w, b = linear_setup()
     f = linear_logits_fn(w, b)
     keys = _keys(4, 3)
-    full = smoothadv_minimal(f, x_o, np.zeros(4), keys, SIGMA, m=8, steps=20, resample=resample)
+    full = smoothadv_minimal(f, x_o, np.zeros(4), keys, SIGMA, m=4, steps=10, resample=resample)
     for i in (0, 3):
-        one = smoothadv_minimal(f, x_o[i:i + 1], np.zeros(1), keys[i:i + 1], SIGMA, m=8, steps=20,
+        one = smoothadv_minimal(f, x_o[i:i + 1], np.zeros(1), keys[i:i + 1], SIGMA, m=4, steps=10,
                                 resample=resample)
         np.testing.assert_allclose(one.x_adv[0], full.x_adv[i], atol=1e-6)
         np.testing.assert_allclose(one.l2[0], full.l2[i], rtol=1e-5)
-    assert np.isfinite(full.x_adv).all() and full.samples == 160
+    assert np.isfinite(full.x_adv).all() and full.samples == 40
 
 
 def test_zero_gradient_gives_no_nan():
