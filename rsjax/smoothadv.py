@@ -33,9 +33,11 @@ both gave the same verified floor within 2 %).
 outwards from its candidate (t >= 1) and then bisects. The floor therefore hands it
 x_o + ``shrink`` * delta_best (default 1/16, well below the Monte Carlo crossing: the crossing of
 the level of g_{sigma,n} along the direction may lie below or far above the search's own estimate,
-which is made with m draws), so the verifier's ray search (doubling, then bisection) locates the level-P_a crossing of g_{sigma,n} *along the white-box direction* with its own
-fresh calls and its own tolerance: the floor's verified distortion is measured by exactly the
-procedure that measures the black-box attacks.
+which is made with m draws), so the verifier's ray search (doubling, then bisection) locates the
+level-P_a crossing of g_{sigma,n} *along the white-box direction* with its own fresh calls and its
+own tolerance (a delta_best shorter than ``min_norm`` is lengthened to it, direction unchanged,
+so that the ray reaches the crossing within the verifier's ``max_t``): the floor's verified
+distortion is measured by exactly the procedure that measures the black-box attacks.
 
 Cost: ``steps`` gradient steps of m samples each (white box: no decision queries are counted).
 On the exact linear classifier every sample's gradient is parallel to w, so delta stays parallel
@@ -146,6 +148,7 @@ def smoothadv_minimal(
     init_norm: float = 1.0,
     alpha_max: float = 1.0,
     alpha_min: float = 0.01,
+    min_norm: float = 1e-3,
 ) -> SmoothAdvResult:
     """Minimal-norm SmoothAdv (module docstring) on x [B,H,W,C] in [0,1] against labels y [B]
     (the reference labels), with one PRNG key per image (``keys`` [B]: image i's noise draws
@@ -160,6 +163,7 @@ def smoothadv_minimal(
     check_positive("init_norm", init_norm)
     check_positive("alpha_max", alpha_max)
     check_positive("alpha_min", alpha_min)
+    check_positive("min_norm", min_norm)
     if not 0.0 < shrink <= 1.0:
         raise InputError(f"shrink must lie in (0, 1], got {shrink!r}")
     if not 0.0 < gamma < 1.0:
@@ -178,7 +182,11 @@ def smoothadv_minimal(
     best = np.asarray(best)
     ok = np.isfinite(np.asarray(best_l2))
     x_np = np.asarray(x)
-    x_adv = np.where(ok.reshape(-1, 1, 1, 1), np.clip(x_np + np.float32(shrink) * best, 0.0, 1.0), x_np)
     l2 = np.where(ok, np.linalg.norm(best.reshape(len(best), -1).astype(np.float64), axis=1), np.inf)
+    # a near-zero delta_best (a clean image the draws already call adversarial) still gives a ray
+    # the verifier can follow within its max_t: its norm is raised to min_norm, direction unchanged
+    scale = np.where(ok & (l2 < min_norm), min_norm / np.maximum(l2, 1e-30), 1.0).astype(np.float32)
+    step = np.float32(shrink) * scale.reshape(-1, 1, 1, 1) * best
+    x_adv = np.where(ok.reshape(-1, 1, 1, 1), np.clip(x_np + step, 0.0, 1.0), x_np)
     return SmoothAdvResult(x_adv.astype(np.float32), best, l2, ok, np.asarray(best_w), int(steps),
                            int(steps) * int(m))

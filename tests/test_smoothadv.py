@@ -32,6 +32,8 @@ def test_linear_direction_is_the_normal_and_verified_distance_is_eq6():
     res = smoothadv_minimal(f, x_o, np.zeros(4), _keys(4), SIGMA, m=32, steps=60)
     assert res.success.all() and np.isfinite(res.l2).all()
     assert not np.isnan(res.x_adv).any()
+    step = np.linalg.norm((res.x_adv - x_o).reshape(4, -1), axis=1)
+    np.testing.assert_allclose(step, 0.0625 * np.maximum(res.l2, 1e-3), rtol=1e-4)  # x_o + delta / 16
     nrm = (w / np.linalg.norm(w)).ravel()
     d = res.delta.reshape(4, -1)
     cos = d @ nrm / np.linalg.norm(d, axis=1)
@@ -82,7 +84,7 @@ def test_zero_gradient_gives_no_nan():
     np.testing.assert_array_equal(res.x_adv, x)
 
 
-@pytest.mark.parametrize("kw", [{"m": 0}, {"steps": 0}, {"target": 1.0}, {"shrink": 0.0}, {"gamma": 1.0}])
+@pytest.mark.parametrize("kw", [{"m": 0}, {"steps": 0}, {"target": 1.0}, {"shrink": 0.0}, {"gamma": 1.0}, {"min_norm": 0.0}])
 def test_bad_settings_raise(kw):
     x_o, w, b = linear_setup()
     with pytest.raises(InputError):
