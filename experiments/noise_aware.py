@@ -104,6 +104,9 @@ def run_floor(run: Path, cache: Path | None, m: int, steps: int, resample: bool,
             ok = [i for i in attacked if refs.get((entry.name, sigma, int(i)), {}).get("status") == "ok"]
             ids = np.asarray(ok, np.int64)
             ref = np.asarray([refs[(entry.name, sigma, int(i))]["prediction"] for i in ids], np.int64)
+            if not len(ids):  # no image has a reference label to attack (see reference.jsonl)
+                _log(f"floor {entry.name} s={sigma:g}: no image with a reference label, nothing to attack")
+                continue
             cand_path = run / f"floor-{entry.name}-s{sigma:g}-m{m}-k{steps}{'-r' if resample else ''}-c{shrink:g}.npz"
             if cand_path.exists():
                 z = np.load(cand_path)
