@@ -43,7 +43,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = frozenset((
     "analysis", "attacks", "cache", "certification", "checkpoints", "classifier", "cli", "data", "errors",
     "findings", "geometry", "intervals", "models", "noise", "oracle", "plots", "report", "results", "smoothing", "study",
-    "sweep", "theory", "train", "verify", "whitebox", "xla_options",
+    "smoothadv", "sweep", "theory", "train", "verify", "whitebox", "xla_options",
 ))
 
 __all__ = [

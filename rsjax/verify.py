@@ -200,11 +200,16 @@ def ray_points(x_o: np.ndarray, direction: np.ndarray, t: np.ndarray) -> np.ndar
     return np.where(tt == 0, x_o, np.clip(x_o + tt * direction, 0.0, 1.0)).astype(np.float32)
 
 
+def _rows(a: np.ndarray) -> np.ndarray:
+    """[J, ...] -> [J, D] float64 (also for J = 0, where reshape(0, -1) is ambiguous)."""
+    return a.reshape(len(a), int(np.prod(a.shape[1:]))).astype(np.float64)
+
+
 def saturation_t(x_o: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """Per item, the t beyond which clip(x_o + t d) no longer moves: max over the coordinates
     with d != 0 of the t at which they reach 0 or 1 (0 for a zero direction)."""
-    xo = x_o.reshape(len(x_o), -1).astype(np.float64)
-    d = direction.reshape(len(direction), -1).astype(np.float64)
+    xo = _rows(x_o)
+    d = _rows(direction)
     with np.errstate(divide="ignore", invalid="ignore"):
         to_bound = np.where(d > 0, (1.0 - xo) / d, np.where(d < 0, -xo / d, 0.0))
     return to_bound.max(axis=1, initial=0.0)
@@ -309,7 +314,7 @@ class Verification(NamedTuple):
 
 
 def _distances(x: np.ndarray, x_o: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    d = (x.astype(np.float64) - x_o.astype(np.float64)).reshape(len(x), -1)
+    d = _rows(x) - _rows(x_o)
     return np.sqrt((d * d).sum(axis=1)), np.abs(d).max(axis=1, initial=0.0)
 
 

@@ -226,3 +226,13 @@ def test_evaluator_calls_never_count_toward_the_attack_budget():
     np.testing.assert_array_equal(res.queries, before[0])
     np.testing.assert_array_equal(res.evaluations, before[1])
     np.testing.assert_array_equal(res.x_adv, before[2])
+
+
+def test_no_items_gives_empty_verification():
+    """A batch where no image has an output to verify (e.g. every reference label is wrong):
+    empty arrays, no error."""
+    x_o, w, b = linear_setup()
+    oracle = SmoothedOracle(linear_logits_fn(w, b), 2, SIGMA, 10)
+    empty = x_o[:0]
+    ver = verify_attack(oracle, empty, empty, np.zeros(0), 0.5, jax.random.key(0))
+    assert len(ver.verified) == 0 and ver.x.shape == empty.shape and len(ver.l2) == 0

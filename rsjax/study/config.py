@@ -197,6 +197,30 @@ PRESETS: dict[str, SweepConfig] = {
         certify_n=100,
         verify_calls=20,
     ),
+    # issue 16, plain vs noise-aware attackers at equal queries: the default preset's standard
+    # model (same cached checkpoint) at its sigma = 0.55, n in {1, 10, 100}, P_a = 0.5, the three
+    # plain attacks and their noise-aware versions, 500 queries, 20 images; the white-box floor
+    # (SmoothAdv, rsjax/smoothadv.py) runs on the same images with experiments/noise_aware.py.
+    # 21 min on a loaded 2-core CPU (measured; n = 100 is a third of it)
+    "noise-aware": SweepConfig(
+        preset="noise-aware",
+        models=fmnist_models(sigma_train=0.8, eps=1.0, pgd_epochs=5, pgd_steps=3)[:1],
+        sigmas=(0.55,),
+        ns=(1, 10, 100),
+        pas=(0.5,),
+        criterion="label",
+        level_ns=(),
+        attacks=("hsja", "psj", "surfree", "surfree_na", "rays", "rays_na"),
+        max_queries=500,
+        n_images=20,
+        attack_batch=20,
+        baseline=False,
+        eval_images=500,
+        eval_ns=(1, 10, 100),
+        certify_images=20,
+        certify_n=10_000,
+        verify_calls=100,
+    ),
     # the paper-sized grid: 200 images, 2,000 queries, n in {1, 10, 30, 100}, every model at both
     # sigmas, CERTIFY with n = 100,000 (Cohen's reference) on 500 images; hours on a CPU, meant
     # for a GPU

@@ -1,0 +1,292 @@
+#!/usr/bin/env python
+"""Issue 16: plain vs noise-aware black-box attacks against g_{sigma,n}, read against a white-box floor.
+
+    # 1. the black-box attacks, in the sweep (resumable): plain hsja/surfree/rays and noise-aware
+    #    psj/surfree_na/rays_na at equal queries on the same images, verified at P_a
+    python experiments/sweep.py --preset noise-aware --out runs/noise-aware
+    # 2. the white-box floor on the same images (resumable), then the tables
+    python experiments/noise_aware.py --run runs/noise-aware --out docs/results/noise_aware
+
+Step 2 reads the sweep's configuration, images and reference labels, runs minimal-norm SmoothAdv
+(:mod:`rsjax.smoothadv`: gradients of the Monte Carlo soft smoothed classifier) once per image and
+sigma, and verifies its candidate at every (n, P_a) of the sweep with the sweep's own evaluator
+(same ``decide`` program, same root key, same image ids: the same calls of g_{sigma,n} the
+black-box outputs were verified with). Images the evaluator found already of level P_a
+('misclassified') count 0 for the floor as for every attack. Records go to ``floor.jsonl`` in the
+run directory (resumable; settings whose sweep records are not there yet are skipped, so the
+script can run while the sweep is still going).
+
+Outputs (``--out``): ``per_image.csv`` (verified distortion of every attack and of the floor),
+``summary.csv`` (per setting and attack: verified count, median and mean with 95 % bootstrap
+intervals), ``gap.csv`` (per setting and plain/noise-aware pair: the share of the gap between the
+plain attack and the floor that the noise-aware attack closes, with a paired 95 % bootstrap
+interval) and ``table.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PAIRS = (("hsja", "psj"), ("surfree", "surfree_na"), ("rays", "rays_na"))
+FLOOR = "smoothadv"
+STREAM_FLOOR = 7  # the floor's own noise draws (the study's streams: rsjax/study/tasks.py)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="the sweep's output directory (preset noise-aware)")
+    p.add_argument("--out", default=None, help="where the CSV and markdown tables go (default: the run directory)")
+    p.add_argument("--cache", default=None, help="checkpoint cache (default $RSJAX_CACHE or ~/.cache/rsjax)")
+    p.add_argument("--m", type=int, default=32, help="noise draws of the soft classifier per step (32)")
+    p.add_argument("--steps", type=int, default=100, help="gradient steps (100)")
+    p.add_argument("--fixed-noise", action="store_true",
+                   help="one set of m draws per image for all steps (default: fresh draws every step, as SmoothAdv)")
+    p.add_argument("--shrink", type=float, default=0.0625,
+                   help="candidate handed to the verifier: x_o + shrink * delta_best (1/16)")
+    p.add_argument("--tables-only", action="store_true", help="only write the tables from the records")
+    return p.parse_args(argv)
+
+
+def _log(msg: str) -> None:
+    print(f"[noise_aware] {msg}", file=sys.stderr, flush=True)
+
+
+def floor_key(model: str, sigma: float, n: int, p_a: float, image: int) -> str:
+    from rsjax.results import record_key
+
+    return record_key(kind="floor", attack=FLOOR, model=model, sigma=float(sigma), n=int(n), p_a=float(p_a),
+                      image=int(image))
+
+
+def run_floor(run: Path, cache: Path | None, m: int, steps: int, resample: bool, shrink: float) -> None:
+    """Floor candidates (saved per model and sigma) and their verification at every (n, P_a)
+    whose sweep records exist (appended to floor.jsonl)."""
+    import jax.numpy as jnp
+
+    from rsjax.data import load_dataset
+    from rsjax.oracle import image_keys
+    from rsjax.results import RecordStore, read_records
+    from rsjax.smoothadv import smoothadv_minimal
+    from rsjax.study.config import config_from_dict
+    from rsjax.study.executor import VerifyPrograms
+    from rsjax.study.models import prepare_models
+    from rsjax.study.oracle import OracleParams, apply_fn
+    from rsjax.study.tasks import STREAM_VERIFY, stream_key
+    from rsjax.verify import verify_rays
+
+    cfg = config_from_dict(json.loads((run / "config.json").read_text()))
+    data = load_dataset(cfg.data)
+    classifiers, _ = prepare_models(cfg, _log, cache)
+    attacked = np.asarray(json.loads((run / "images.json").read_text())["attacked"], np.int64)
+    refs = {(r["model"], r["sigma"], r["image"]): r for r in read_records(run / "reference.jsonl")}
+    sweep = {}
+    for r in read_records(run / "records.jsonl"):
+        if r["criterion"] == "label":
+            sweep.setdefault((r["model"], r["sigma"], r["n"], r["p_a"], r["image"]), r)
+    store = RecordStore(run / "floor.jsonl")
+    vcfg = cfg.verify_config()
+    verify_root = stream_key(cfg.seed, STREAM_VERIFY)
+    for entry in cfg.models:
+        clf = classifiers[entry.name]
+        verifier = VerifyPrograms(apply_fn(clf), clf.num_classes, "label", cfg.vote_chunk, cfg.noise,
+                                  clf.forward_block)
+        for sigma in cfg.model_sigmas(entry):
+            sigma = float(sigma)
+            ok = [i for i in attacked if refs.get((entry.name, sigma, int(i)), {}).get("status") == "ok"]
+            ids = np.asarray(ok, np.int64)
+            ref = np.asarray([refs[(entry.name, sigma, int(i))]["prediction"] for i in ids], np.int64)
+            if not len(ids):  # no image has a reference label to attack (see reference.jsonl)
+                _log(f"floor {entry.name} s={sigma:g}: no image with a reference label, nothing to attack")
+                continue
+            cand_path = run / f"floor-{entry.name}-s{sigma:g}-m{m}-k{steps}{'-r' if resample else ''}-c{shrink:g}.npz"
+            if cand_path.exists():
+                z = np.load(cand_path)
+                assert np.array_equal(z["ids"], ids)
+                cand = {k: z[k] for k in z.files}
+            else:
+                t0 = time.perf_counter()
+                keys = image_keys(stream_key(cfg.seed, STREAM_FLOOR), jnp.asarray(ids))
+                res = smoothadv_minimal(clf.logits_fn, data.images[ids], ref, keys, sigma, m=m, steps=steps,
+                                        resample=resample, shrink=shrink)
+                dt = (time.perf_counter() - t0) / max(len(ids), 1)
+                cand = {"ids": ids, "x_adv": res.x_adv, "l2": res.l2, "success": res.success,
+                        "wrong_fraction": res.wrong_fraction, "seconds": np.full(len(ids), dt),
+                        "samples": np.full(len(ids), res.samples), "steps": np.full(len(ids), res.steps)}
+                np.savez_compressed(cand_path, **cand)
+                _log(f"floor candidates {entry.name} s={sigma:g}: {len(ids)} images, {dt:.2f} s/image, "
+                     f"{int(res.success.sum())} found")
+            for n in cfg.ns:
+                for p_a in cfg.pas:
+                    p_a = float(p_a)
+                    todo = [b for b, i in enumerate(ids)
+                            if floor_key(entry.name, sigma, n, p_a, i) not in store
+                            and (entry.name, sigma, n, p_a, int(i)) in sweep]
+                    if not todo:
+                        continue
+                    t0 = time.perf_counter()
+                    params = OracleParams(clf.variables, jnp.float32(sigma), jnp.int32(n), jnp.int32(1))
+                    decide = verifier.decider(params)
+                    clean_ok = [b for b in todo if sweep[(entry.name, sigma, n, p_a, int(ids[b]))]["status"]
+                                not in ("misclassified",)]
+                    verify = [b for b in clean_ok if cand["success"][b]]
+                    sel = np.asarray(verify, np.int64)
+                    x_o = data.images[ids[sel]] if len(sel) else None
+                    ver = (verify_rays(decide, x_o, cand["x_adv"][sel], ref[sel], p_a, ids[sel], verify_root, vcfg,
+                                       interval_confidence=cfg.interval_confidence) if len(sel) else None)
+                    row = {int(b): r for r, b in enumerate(verify)}
+                    recs = []
+                    for b in todo:
+                        i = int(ids[b])
+                        s = sweep[(entry.name, sigma, n, p_a, i)]
+                        rec = {"key": floor_key(entry.name, sigma, n, p_a, i), "kind": "floor", "attack": FLOOR,
+                               "whitebox": True, "model": entry.name, "sigma": sigma, "n": int(n), "p_a": p_a,
+                               "image": i, "reference": int(ref[b]), "m": m, "gradient_steps": steps,
+                               "resample": resample, "shrink": shrink, "samples": int(cand["samples"][b]),
+                               "whitebox_l2": float(cand["l2"][b]),
+                               "wrong_fraction": float(cand["wrong_fraction"][b]),
+                               "attack_seconds": float(cand["seconds"][b])}
+                        if s["status"] == "misclassified":
+                            rec.update(status="misclassified", verified_l2=0.0, verification_calls=0)
+                        elif b not in row:
+                            rec.update(status="no_start", verified_l2=None, verification_calls=0)
+                        else:
+                            r = row[b]
+                            okv = bool(ver.verified[r])
+                            rec.update(status="attacked" if okv else "unverified",
+                                       verified_l2=float(ver.l2[r]) if okv else None,
+                                       verified_t=float(ver.t[r]) if okv else None,
+                                       verified_level=float(ver.level[r]), verified_level_low=float(ver.level_low[r]),
+                                       verified_level_high=float(ver.level_high[r]),
+                                       verification_calls=int(ver.calls[r]), verify_tests=int(ver.tests[r]))
+                        recs.append(rec)
+                    store.append(recs)
+                    _log(f"floor verified {entry.name} s={sigma:g} n={n} P_a={p_a:g}: {len(todo)} images, "
+                         f"{time.perf_counter() - t0:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+def _closure(p, a, f, axis=-1):
+    """Share of the gap between the plain attack (p) and the floor (f) closed by the
+    noise-aware attack (a): (mean p - mean a) / (mean p - mean f)."""
+    mp = np.mean(p, axis=axis)
+    return (mp - np.mean(a, axis=axis)) / (mp - np.mean(f, axis=axis))
+
+
+def collect(run: Path) -> dict:
+    """(model, sigma, n, p_a) -> attack -> image -> verified distortion (inf: not verified)."""
+    from rsjax.results import read_records
+
+    table: dict = {}
+    recs = [r for r in read_records(run / "records.jsonl") if r["criterion"] == "label"]
+    floor = run / "floor.jsonl"
+    recs += read_records(floor) if floor.exists() else []
+    for r in recs:
+        if r["status"] in ("smoothed_abstain", "smoothed_wrong"):
+            continue
+        v = r.get("verified_l2")
+        table.setdefault((r["model"], r["sigma"], r["n"], r["p_a"]), {}).setdefault(r["attack"], {})[r["image"]] = (
+            math.inf if v is None else float(v))
+    return table
+
+
+def write_tables(run: Path, out: Path) -> str:
+    from rsjax.intervals import bootstrap, mean_interval, median_interval
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = collect(run)
+    order = [a for pair in PAIRS for a in pair] + [FLOOR]
+    per_image, summary, gap = [], [], []
+    md = []
+    for setting in sorted(table):
+        model, sigma, n, p_a = setting
+        by = table[setting]
+        attacks = [a for a in order if a in by]
+        images = sorted(set.intersection(*(set(by[a]) for a in attacks)))
+        for i in images:
+            per_image.append({"model": model, "sigma": sigma, "n": n, "p_a": p_a, "image": i,
+                              **{a: by[a][i] for a in attacks}})
+        md.append(f"\n**{model}, sigma = {sigma:g}, n = {n}, P_a = {p_a:g}** ({len(images)} images; the median "
+                  f"counts an unverified image as infinite, the mean is over the images the attack verified)\n")
+        md.append("| attack | verified | median verified L2 [95 % CI] | mean verified L2 [95 % CI] |")
+        md.append("|---|---|---|---|")
+        for a in attacks:
+            v = np.array([by[a][i] for i in images])
+            med = median_interval(v)
+            fin = v[np.isfinite(v)]
+            mean = mean_interval(fin) if len(fin) else None
+            summary.append({"model": model, "sigma": sigma, "n": n, "p_a": p_a, "attack": a,
+                            "whitebox": a == FLOOR, "images": len(images), "verified": int(np.isfinite(v).sum()),
+                            "median": med.estimate, "median_low": med.low, "median_high": med.high,
+                            "mean": None if mean is None else mean.estimate,
+                            "mean_low": None if mean is None else mean.low,
+                            "mean_high": None if mean is None else mean.high})
+            name = f"{a} (white box)" if a == FLOOR else a
+            mtxt = "-" if mean is None else f"{mean.estimate:.2f} [{mean.low:.2f}, {mean.high:.2f}]"
+            md.append(f"| {name} | {int(np.isfinite(v).sum())}/{len(v)} | {med.estimate:.2f} "
+                      f"[{med.low:.2f}, {med.high:.2f}] | {mtxt} |")
+        rows = []
+        for plain, na in PAIRS:
+            if plain not in by or na not in by or FLOOR not in by:
+                continue
+            ok = [i for i in images if all(math.isfinite(by[a][i]) for a in (plain, na, FLOOR))]
+            if len(ok) < 3:
+                continue
+            p, a, f = (np.array([by[x][i] for i in ok]) for x in (plain, na, FLOOR))
+            iv = bootstrap([p, a, f], _closure, paired=True)
+            gap.append({"model": model, "sigma": sigma, "n": n, "p_a": p_a, "plain": plain, "noise_aware": na,
+                        "images": len(ok), "plain_mean": float(p.mean()), "noise_aware_mean": float(a.mean()),
+                        "floor_mean": float(f.mean()), "closed": iv.estimate, "closed_low": iv.low,
+                        "closed_high": iv.high, "half_closed": "yes" if iv.low >= 0.5 else
+                        ("no" if iv.high < 0.5 else "undecided")})
+            rows.append(f"| {plain} -> {na} | {len(ok)} | {p.mean():.2f} | {a.mean():.2f} | {f.mean():.2f} | "
+                        f"{iv.estimate:.2f} [{iv.low:.2f}, {iv.high:.2f}] | {gap[-1]['half_closed']} |")
+        if rows:
+            md.append("\n| pair | images | plain mean | noise-aware mean | floor mean | gap closed [95 % CI] | "
+                      ">= 1/2 closed? |")
+            md.append("|---|---|---|---|---|---|---|")
+            md += rows
+    for name, rows in (("per_image.csv", per_image), ("summary.csv", summary), ("gap.csv", gap)):
+        if not rows:
+            continue
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(out / name, "w", newline="") as fh:
+            w = csv.DictWriter(fh, keys)
+            w.writeheader()
+            w.writerows(rows)
+    text = "\n".join(md).strip() + "\n"
+    (out / "table.md").write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    from rsjax.cache import enable_compilation_cache
+    from rsjax.errors import RsjaxError
+
+    args = parse_args(argv)
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run
+    cache = Path(args.cache) if args.cache else None
+    try:
+        if not args.tables_only:
+            enable_compilation_cache(cache)
+            run_floor(run, cache, args.m, args.steps, not args.fixed_noise, args.shrink)
+        print(write_tables(run, out))
+    except RsjaxError as e:
+        print(f"noise_aware: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
