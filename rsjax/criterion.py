@@ -39,6 +39,14 @@ CRITERIA = ("label", "level")
 REFERENCES = ("smoothed", "true")
 #: status of an image's reference label (:func:`smoothed_reference`)
 REFERENCE_OK, REFERENCE_ABSTAIN, REFERENCE_WRONG = "ok", "smoothed_abstain", "smoothed_wrong"
+#: one sentence per kind: what counts as adversarial (the study's records, ``criterion_note``)
+NOTES = {
+    "none": "no randomized smoothing: the oracle is the base classifier f (adversarial iff f(x) != y)",
+    "level": "the authors' shortcut: a query counts as adversarial when at least k = ceil(n * P_a) "
+             "of its n micro-decisions f(x + sigma N_j) differ from the true label",
+    "label": "the voted label of g_{sigma,n} (plurality, lowest-index ties) differs from the reference label "
+             "(one call, one answer: the deployed classifier)",
+}
 
 
 @lru_cache(maxsize=32)
@@ -149,6 +157,11 @@ class Criterion:
         if self.kind == "label":
             return self
         return Criterion("label", reference=self.reference)
+
+    @property
+    def note(self) -> str:
+        """One sentence: what counts as adversarial (:data:`NOTES`)."""
+        return NOTES[self.kind]
 
     def describe(self) -> str:
         """Short text: 'label', 'level,Pa=0.8', ..."""

@@ -101,3 +101,10 @@ def test_smoothed_reference_statuses():
     pred, status = smoothed_reference(counts, np.array([0, 0, 0]), 0.001)
     assert pred.tolist() == [0, 1, ABSTAIN]
     assert status.tolist() == ["ok", "smoothed_wrong", "smoothed_abstain"]
+
+
+def test_every_kind_has_a_note():
+    from rsjax.criterion import KINDS, NOTES
+
+    assert set(NOTES) == set(KINDS)
+    assert Criterion("level", 0.5).note == NOTES["level"]

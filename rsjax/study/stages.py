@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from rsjax.criterion import REFERENCE_ABSTAIN, REFERENCE_WRONG
+from rsjax.criterion import NOTES, REFERENCE_ABSTAIN, REFERENCE_WRONG
 from rsjax.study.config import SweepConfig
 from rsjax.study.executor import AttackPrograms, run_attack
 from rsjax.study.oracle import OracleParams
@@ -30,13 +30,7 @@ from rsjax.study.tasks import (STREAM_ACCURACY, STREAM_CERTIFY, STREAM_REFERENCE
                                attack_record_key, image_keys, stream_key)
 
 STATUS_SMOOTHED_ABSTAIN, STATUS_SMOOTHED_WRONG, STATUS_UNVERIFIED = REFERENCE_ABSTAIN, REFERENCE_WRONG, "unverified"
-CRITERION_NOTES = {
-    "none": "no randomized smoothing: the oracle is the base classifier f (adversarial iff f(x) != y)",
-    "level": "the authors' shortcut: a query counts as adversarial when at least k = ceil(n * P_a) "
-             "of its n micro-decisions f(x + sigma N_j) differ from the true label",
-    "label": "the voted label of g_{sigma,n} (plurality, lowest-index ties) differs from the reference label "
-             "(one call, one answer: the deployed classifier)",
-}
+CRITERION_NOTES = NOTES  # the records' ``criterion_note`` of each kind (rsjax.criterion)
 #: record fields that hold wall times (everything else in a record is reproducible bit for bit)
 TIMING_FIELDS = ("seconds", "attack_seconds", "verify_seconds")
 
