@@ -3,7 +3,7 @@
 Data flow (each layer only calls the one below it)::
 
     data (load_dataset) -> models (registry, Classifier) -> noise + smoothing (votes, predict, certify)
-        -> oracle (ModelOracle, SmoothedOracle: "is this point adversarial?" + costs)
+        -> oracle (ModelOracle, SmoothedOracle: "is this point adversarial?" by a Criterion + costs)
         -> attacks (HSJA, SurFree, RayS; batched, jitted) -> results / sweep / report
 
 The package root is light: ``import rsjax`` imports no JAX, Flax or attack code. Each public
@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("RsjaxError", "InputError", "DataError", "CheckpointError"), "rsjax.errors"),
     **dict.fromkeys(("ModelSpec", "get_model_spec", "list_models", "register_model"), "rsjax.models"),
     "Classifier": "rsjax.classifier",
+    "Criterion": "rsjax.criterion",
     **dict.fromkeys(("save_checkpoint", "load_checkpoint"), "rsjax.checkpoints"),
     **dict.fromkeys(("Dataset", "load_dataset"), "rsjax.data"),
     **dict.fromkeys(("Oracle", "OracleAnswer", "ModelOracle", "SmoothedOracle", "CountingOracle", "level_of",
@@ -41,7 +42,7 @@ _EXPORTS: dict[str, str] = {
 
 #: submodules reachable as attributes of the package without importing them first
 _SUBMODULES = frozenset((
-    "analysis", "attacks", "cache", "certification", "checkpoints", "classifier", "cli", "data", "errors",
+    "analysis", "attacks", "cache", "certification", "checkpoints", "classifier", "cli", "criterion", "data", "errors",
     "findings", "geometry", "intervals", "models", "noise", "oracle", "plots", "report", "results", "smoothing", "study",
     "smoothadv", "sweep", "theory", "train", "verify", "whitebox", "xla_options",
 ))
@@ -51,7 +52,7 @@ __all__ = [
     "RsjaxError", "InputError", "DataError", "CheckpointError",
     "ModelSpec", "get_model_spec", "list_models", "register_model", "Classifier",
     "save_checkpoint", "load_checkpoint", "Dataset", "load_dataset",
-    "Oracle", "OracleAnswer", "ModelOracle", "SmoothedOracle", "CountingOracle", "level_of",
+    "Criterion", "Oracle", "OracleAnswer", "ModelOracle", "SmoothedOracle", "CountingOracle", "level_of",
     "image_keys", "query_key", "query_keys",
     "votes", "vote_counts", "plurality", "predict_from_counts", "certify", "certified_accuracy",
     "evaluate_smoothed", "theory",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from rsjax.cache import enable_compilation_cache
     from rsjax.checkpoints import load_checkpoint, save_checkpoint
     from rsjax.classifier import Classifier
+    from rsjax.criterion import Criterion
     from rsjax.data import Dataset, load_dataset
     from rsjax.errors import CheckpointError, DataError, InputError, RsjaxError
     from rsjax.models import ModelSpec, get_model_spec, list_models, register_model

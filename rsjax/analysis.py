@@ -5,7 +5,8 @@ Every randomized-smoothing evaluation goes through :func:`rsjax.smoothing.votes`
 pi_y(x) = P[f(x + sigma N) = y], g_{sigma,n}(x) the plurality of n micro-decisions f(x + sigma N_j)
 (ties to the lowest class index), n~ = 1 + floor(n/2).
 
-Decision of one call of g_{sigma,n} at x (:func:`adversarial_from_counts`):
+Decision of one call of g_{sigma,n} at x (:func:`adversarial_from_counts`, with the oracles'
+:class:`rsjax.criterion.Criterion`):
 
 * ``p_a=None`` (exact): adversarial iff plurality(counts) != y;
 * ``p_a`` given (the authors' simulation shortcut): adversarial iff at least ceil(n P_a) of the
@@ -42,9 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from rsjax.criterion import Criterion
 from rsjax.errors import InputError, check_int_at_least, check_positive
 from rsjax.smoothing import DEFAULT_CHUNK_SIZE, votes
-from rsjax.theory import level_wrong_count, prob_wrong_majority
+from rsjax.theory import prob_wrong_majority
 from rsjax.xla_options import jit
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -104,19 +106,21 @@ def smoothed_counts(logits_fn: LogitsFn, x, keys: jax.Array, sigma: float, n: in
     return np.concatenate(out) if out else np.zeros((0, num_classes), np.int32)
 
 
-def adversarial_from_counts(counts, y, p_a: float | None = None) -> np.ndarray:
-    """Decision of one call of g_{sigma,n} from its counts [P, K] for true labels y ([P] or
-    scalar): plurality != y when ``p_a`` is None, else (wrong micro-decisions) >= ceil(n P_a)."""
-    from rsjax.oracle import adversarial_from_counts as decide  # the oracles' own decision rule
+def criterion_of(p_a: float | None) -> Criterion:
+    """The analysis's criterion: 'label' (the exact decision) when ``p_a`` is None, else the
+    'level' shortcut at P_a."""
+    return Criterion("label") if p_a is None else Criterion("level", p_a)
 
+
+def adversarial_from_counts(counts, y, p_a: float | None = None) -> np.ndarray:
+    """Decision of one call of g_{sigma,n} from its counts [P, K] (same n on every row) for true
+    labels y ([P] or scalar): plurality != y when ``p_a`` is None, else (wrong micro-decisions)
+    >= ceil(n P_a): the oracles' rule, :meth:`rsjax.criterion.Criterion.is_adversarial`."""
     counts = np.asarray(counts)
     y = np.broadcast_to(np.asarray(y), counts.shape[:1]).astype(np.int32)
     if len(counts) == 0:
         return np.zeros(0, bool)
-    if p_a is None:
-        return np.asarray(decide("label", jnp.asarray(counts), jnp.asarray(y)))
-    n = int(counts[0].sum())
-    return np.asarray(decide("level", jnp.asarray(counts), jnp.asarray(y), level_wrong_count(n, p_a)))
+    return np.asarray(criterion_of(p_a).is_adversarial(counts, y))
 
 
 def smoothed_labels(logits_fn: LogitsFn, x, key: jax.Array, sigma: float, n: int, num_classes: int,

@@ -5,9 +5,14 @@ fixed elementwise order so that a row's result never depends on the other rows o
 * :func:`tree_sum` — zero-pad to a power of two, add halves (the order of the attacks' norms and
   of :func:`rsjax.models.linear.linear_logits_fn`);
 * :func:`halving_sum` — add halves, padding an odd length by one zero at each level (SurFree's
-  order);
+  order; :func:`halving_dot`, :func:`halving_l2_norm`);
+* :func:`padded_tree_sum` — the same pairwise order written as an explicit zero padding (the
+  exact arithmetic of :func:`rsjax.models.linear.linear_logits_fn`, kept as it is so its logits
+  do not move by a rounding);
 * :func:`l2_norm`, :func:`linf_norm`, :func:`safe_normalize`, :func:`flat`, :func:`bcast`,
-  :func:`clip01`.
+  :func:`clip01`, and :func:`keep_better` (the best-point update of every attack);
+* :func:`xla_l2_norm` — the plain XLA reduction (not batch-invariant), the form of the white-box
+  attack and of PGD training, whose results do not depend on a row's batch by design.
 """
 from __future__ import annotations
 
@@ -42,6 +47,18 @@ def tree_sum(v: jax.Array, axis: int = 1) -> jax.Array:
     return jnp.squeeze(v, axis)
 
 
+def padded_tree_sum(v: jax.Array) -> jax.Array:
+    """Row sums of v [B, D]: zero-pad D to a power of two, then add halves. The order of
+    :func:`tree_sum` written with an explicit padding (XLA fuses the two forms differently, so
+    their roundings may differ: this is the linear model's)."""
+    n = 1 << max(0, (v.shape[1] - 1).bit_length())
+    v = jnp.pad(v, ((0, 0), (0, n - v.shape[1])))
+    while n > 1:
+        n //= 2
+        v = v[:, :n] + v[:, n:]
+    return v[:, 0]
+
+
 def halving_sum(a: jax.Array, axis: int = -1) -> jax.Array:
     """Sum over ``axis`` in SurFree's fixed pairwise order: halves added elementwise, an odd
     length padded with one zero at each level (784 -> 392 -> ... -> 49 -> 50 -> 25 -> 26 -> ...).
@@ -58,6 +75,16 @@ def halving_sum(a: jax.Array, axis: int = -1) -> jax.Array:
     return jnp.squeeze(a, axis)
 
 
+def halving_dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-row inner product of [B, ...] arrays -> [B] in SurFree's order (:func:`halving_sum`)."""
+    return halving_sum(flat(a) * flat(b))
+
+
+def halving_l2_norm(v: jax.Array) -> jax.Array:
+    """Per-row L2 norm of a [B, ...] array -> [B] in SurFree's order (:func:`halving_dot`)."""
+    return jnp.sqrt(halving_dot(v, v))
+
+
 def l2_norm(v: jax.Array) -> jax.Array:
     """Per-row L2 norm over all axes after the first: [B, ...] -> [B] (batch-invariant order)."""
     return jnp.sqrt(tree_sum(jnp.square(flat(v)), axis=1))
@@ -68,19 +95,37 @@ def linf_norm(v: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(flat(v)), axis=1)
 
 
+def xla_l2_norm(v: jax.Array, keepdims: bool = False) -> jax.Array:
+    """Per-row L2 norm by XLA's own reduction: [B, ...] -> [B] over the flattened row, or with
+    ``keepdims`` -> [B, 1, ..., 1] over the trailing axes (PGD training's form). Faster than
+    :func:`l2_norm` but its summation order may change with the number of rows."""
+    if keepdims:
+        return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)), keepdims=True))
+    return jnp.sqrt(jnp.sum(jnp.square(flat(v)), axis=1))
+
+
 def bcast(v: jax.Array, like: jax.Array) -> jax.Array:
     """Reshape a [B] (or [B, P]) array to broadcast against ``like`` ([B, ...])."""
     return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
 
 
-def safe_normalize(v: jax.Array, fallback: jax.Array | None = None) -> jax.Array:
+def safe_normalize(v: jax.Array, fallback: jax.Array | None = None, norm=l2_norm) -> jax.Array:
     """v / ||v||_2 per row; rows of zero (or non-finite) norm become ``fallback`` (default 0),
-    so no NaN ever appears."""
-    n = l2_norm(v)
+    so no NaN ever appears. ``norm``: the [B]-valued norm used (:func:`l2_norm`, or
+    :func:`xla_l2_norm` for the white-box attack)."""
+    n = norm(v)
     ok = (n > 0) & jnp.isfinite(n)
     out = v / bcast(jnp.where(ok, n, 1.0), v)
     fb = jnp.zeros_like(v) if fallback is None else fallback
     return jnp.where(bcast(ok, v), out, fb)
+
+
+def keep_better(better: jax.Array, candidate: jax.Array, best: jax.Array, *values) -> tuple:
+    """The best-point update: rows where ``better`` [B] take ``candidate`` [B, ...] over ``best``,
+    and each ``(new, old)`` pair of ``values`` ([B] arrays: the distances) follows. Returns
+    (best', old'...)."""
+    return (jnp.where(bcast(better, candidate), candidate, best),
+            *(jnp.where(better, new, old) for new, old in values))
 
 
 def clip01(x: jax.Array) -> jax.Array:

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsjax.criterion import CRITERIA, Criterion  # noqa: F401  (CRITERIA: the smoothed oracle's kinds)
 from rsjax.errors import RsjaxError
 from rsjax.xla_options import jit
 
@@ -82,9 +83,10 @@ class ModelOracle:
         self.num_classes = num_classes
         self.name = name
 
+    criterion = Criterion("none")
+
     def decide(self, x: jax.Array, y: jax.Array, keys: jax.Array | None = None) -> OracleAnswer:
-        labels = jnp.argmax(self.logits_fn(x), axis=-1)
-        adv = labels != y
+        adv = self.criterion.is_adversarial(self.logits_fn(x), y)
         return OracleAnswer(adv, jnp.ones(adv.shape, jnp.int32))
 
     def max_evaluations_per_query(self) -> int:
@@ -94,35 +96,12 @@ class ModelOracle:
 # ---------------------------------------------------------------------------------------------
 # Smoothed oracle over the practical classifier g_{sigma,n}
 # ---------------------------------------------------------------------------------------------
-CRITERIA = ("label", "level")
-
-
-def adversarial_from_counts(criterion: str, counts: jax.Array, y: jax.Array, k_wrong=None) -> jax.Array:
-    """The decision of a smoothed oracle from its vote counts [M, K] against the labels y [M]:
-    'level': at least ``k_wrong`` micro-decisions differ from y; 'label': the plurality label
-    (lowest-index ties) differs from y. ``k_wrong`` may be a traced value."""
-    if criterion == "level":
-        ny = jnp.take_along_axis(counts, y[:, None], axis=-1)[:, 0]
-        return (jnp.sum(counts, axis=-1) - ny) >= k_wrong
-    return jnp.argmax(counts, axis=-1) != y
-
-
-def criterion_stop_rule(criterion: str, y: jax.Array, k_wrong=None) -> Callable:
-    """The exact early-stopping rule ``stop(counts, remaining) -> [M] bool`` of a criterion: True
-    where :func:`adversarial_from_counts` can no longer change whatever the remaining samples give
-    (:func:`rsjax.smoothing.wrong_count_decided`, :func:`rsjax.smoothing.label_vs_reference_decided`)."""
-    from rsjax.smoothing import label_vs_reference_decided, wrong_count_decided
-
-    if criterion == "level":
-        return lambda counts, remaining: wrong_count_decided(counts, remaining, y, k_wrong)
-    return lambda counts, remaining: label_vs_reference_decided(counts, remaining, y)
-
-
 class SmoothedOracle:
     """Oracle over g_{sigma,n}: each query draws n noisy copies of the point (sample j with key
     ``fold_in(query_key, j)``) and votes (``rsjax.smoothing.vote_counts``).
 
-    Success criteria:
+    Success criterion (:class:`rsjax.criterion.Criterion`, given whole or by its kind and the
+    keywords ``p_a``, ``abstain_alpha``, ``abstain_is_success``):
 
     * ``'label'``: the attacker sees only the voted label; adversarial iff plurality label != y
       (ties to the lowest class index). With ``abstain_alpha`` set, Cohen's PREDICT abstains when
@@ -148,7 +127,7 @@ class SmoothedOracle:
         num_classes: int,
         sigma: float,
         n: int,
-        criterion: str = "label",
+        criterion: "str | Criterion" = "label",
         p_a: float | None = None,
         abstain_alpha: float | None = None,
         abstain_is_success: bool = False,
@@ -159,45 +138,47 @@ class SmoothedOracle:
         name: str | None = None,
         eval_rows: int | None = None,
     ):
-        from rsjax.errors import InputError, check_int_at_least, check_open_unit, check_positive
-        from rsjax.smoothing import NOISE_IMPLS, predict_min_top_count
-        from rsjax.theory import level_wrong_count
+        from rsjax.criterion import as_criterion
+        from rsjax.errors import InputError, check_int_at_least, check_positive
+        from rsjax.smoothing import NOISE_IMPLS
 
         self.logits_fn = logits_fn
         self.num_classes = check_int_at_least("num_classes", num_classes, 2)
         self.sigma = float(check_positive("sigma", sigma))
         self.n = check_int_at_least("n", n, 1)
-        if criterion not in CRITERIA:
-            raise InputError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-        self.criterion = criterion
+        extra = {k: v for k, v in (("p_a", p_a), ("abstain_alpha", abstain_alpha)) if v is not None}
+        if abstain_is_success:
+            extra["abstain_is_success"] = True
+        self.criterion = as_criterion(criterion, **extra)
+        if not self.criterion.smoothed:
+            raise InputError(f"a SmoothedOracle needs a criterion among {CRITERIA}, got {self.criterion.kind!r}")
         self.chunk_size = check_int_at_least("chunk_size", chunk_size, 1)
         self.eval_rows = None if eval_rows is None else check_int_at_least("eval_rows", eval_rows, 1)
         if noise not in NOISE_IMPLS:
             raise InputError(f"noise implementation must be one of {NOISE_IMPLS}, got {noise!r}")
         self.noise, self.clip = noise, bool(clip)
-        self.p_a = p_a
-        self.k_wrong = None
-        if criterion == "level":
-            if p_a is None:
-                raise InputError("criterion 'level' needs p_a (the level P_a in (0, 1)), got None")
-            check_open_unit("p_a", p_a)
-            if abstain_alpha is not None:
-                raise InputError(f"abstain_alpha={abstain_alpha!r} applies to criterion 'label' only")
-            self.k_wrong = level_wrong_count(self.n, p_a)
-        elif p_a is not None:
-            raise InputError(f"p_a={p_a!r} is only used with criterion='level'")
-        self.abstain_alpha = None if abstain_alpha is None else check_open_unit("abstain_alpha", abstain_alpha)
-        self.abstain_is_success = bool(abstain_is_success)
-        self._min_top = None if abstain_alpha is None else predict_min_top_count(self.n, abstain_alpha)
-        self.early_stop = bool(early_stop) and abstain_alpha is None
-        self.name = name or (f"rs[sigma={self.sigma:g},n={self.n},{criterion}"
-                             + (f",Pa={p_a:g}" if p_a is not None else "") + "]")
+        self.k_wrong = self.criterion.k_wrong(self.n)  # validates a 'level' criterion's p_a
+        self.criterion.abstention_table(self.n)  # PREDICT's table, built (and cached) once
+        self.early_stop = bool(early_stop) and self.criterion.abstain_alpha is None  # PREDICT needs all n
+        self.name = name or f"rs[sigma={self.sigma:g},n={self.n},{self.criterion.describe()}]"
+
+    @property
+    def p_a(self) -> float | None:
+        return self.criterion.p_a
+
+    @property
+    def abstain_alpha(self) -> float | None:
+        return self.criterion.abstain_alpha
+
+    @property
+    def abstain_is_success(self) -> bool:
+        return self.criterion.abstain_is_success
 
     def max_evaluations_per_query(self) -> int:
         return self.n
 
     def _stop_rule(self, y: jax.Array):
-        return criterion_stop_rule(self.criterion, y, self.k_wrong) if self.early_stop else None
+        return self.criterion.stop_rule(y, n=self.n) if self.early_stop else None
 
     accepts_active = True
 
@@ -211,20 +192,14 @@ class SmoothedOracle:
         res = vote_counts(self.logits_fn, x, keys, self.sigma, n, self.num_classes,
                           chunk_size=self.chunk_size, clip=self.clip, noise=self.noise,
                           stop=self._stop_rule(y), eval_rows=self.eval_rows)
-        counts = res.counts
-        adv = adversarial_from_counts(self.criterion, counts, y, self.k_wrong)
-        if self._min_top is not None:  # PREDICT's abstention ('label' only)
-            top2 = jax.lax.top_k(counts, 2)[0]
-            table = jnp.asarray(self._min_top)
-            abstain = top2[:, 0] < table[top2[:, 0] + top2[:, 1]]
-            adv = jnp.where(abstain, self.abstain_is_success, adv)
+        adv = self.criterion.is_adversarial(res.counts, y, n=self.n)
         return OracleAnswer(adv, res.evaluations.astype(jnp.int32))
 
     def as_label_oracle(self) -> "SmoothedOracle":
         """The same g_{sigma,n} with the 'label' criterion (used by :func:`level_of`)."""
-        if self.criterion == "label":
+        if self.criterion.kind == "label":
             return self
-        return SmoothedOracle(self.logits_fn, self.num_classes, self.sigma, self.n,
+        return SmoothedOracle(self.logits_fn, self.num_classes, self.sigma, self.n, self.criterion.as_label(),
                               chunk_size=self.chunk_size, noise=self.noise, clip=self.clip,
                               eval_rows=self.eval_rows)
 

@@ -22,11 +22,11 @@ epoch and ``<out-stem>.best<suffix>`` the epoch of best held-out accuracy. Their
 arch, dataset, recipe and its settings, optimizer settings, epochs, seed, test accuracy and the
 per-epoch history.
 
-Resuming: after every epoch ``<out>.resume`` (same file format, see :func:`save_resume_state`) also
-holds the whole training state (weights, batch statistics, optimizer state, step counter), the
-finished epoch count, the best score so far, the metadata and a fingerprint of the run (the
-resolved :class:`TrainConfig`, SHA-256 of the training / evaluation data and of the initial
-weights). Since every random draw is a function of (seed, epoch) or (seed, step), a run restarted
+Resuming (:mod:`rsjax.train_resume`): after every epoch ``<out>.resume`` (same file format, see
+:func:`save_resume_state`) also holds the whole training state (weights, batch statistics,
+optimizer state, step counter), the finished epoch count, the best score so far, the metadata and
+a fingerprint of the run (the resolved :class:`TrainConfig`, SHA-256 of the training / evaluation
+data and of the initial weights). Since every random draw is a function of (seed, epoch) or (seed, step), a run restarted
 with the same ``out`` continues after the last finished epoch and ends with weights bit-identical
 to an uninterrupted run. A resume state of another configuration is refused (InputError naming
 each difference). The file is deleted once the final checkpoint is written.
@@ -34,34 +34,36 @@ each difference). The file is deleted once the final checkpoint is written.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import serialization
 from tqdm.auto import tqdm
 
 from rsjax._version import __version__
 from rsjax.data import Dataset
-from rsjax.errors import CheckpointError, InputError, check_int_at_least, check_positive, name_problems
+from rsjax.errors import InputError, check_int_at_least, check_positive
 from rsjax.models import get_model_spec
 from rsjax.models.registry import ModelSpec
+# PGD and augmentation, and the resume state, live in their own modules; re-exported here
+from rsjax.train_pgd import (CROP_PAD, LogitsFn, _pad, _padded_batches, augment_batch, pgd_l2,  # noqa: F401
+                             pgd_robust_accuracy, project_l2_ball)
+from rsjax.train_resume import (RESUME_KIND, TrainState, _flat_by_path, _resume, _tensor_mismatches,  # noqa: F401
+                                array_digest, fingerprint_differences, load_resume_state, read_resume_metadata,
+                                resume_state_path, run_fingerprint, save_resume_state)
 from rsjax.xla_options import jit
 
 RECIPES = ("standard", "gaussian", "pgd")
 OPTIMIZERS = ("adam", "sgd")
 AUGMENTATIONS = ("none", "flip", "flip-crop")
-#: zero padding of the ``flip-crop`` augmentation, in pixels (the CIFAR convention)
-CROP_PAD = 4
 
 #: Fallbacks when neither the caller nor the architecture's ``defaults["train"]`` sets a value.
 GLOBAL_DEFAULTS: dict[str, Any] = {
@@ -73,8 +75,6 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "warmup_epochs": 0.0,
     "augment": "none",
 }
-
-LogitsFn = Callable[[jax.Array], jax.Array]
 
 
 @dataclass(frozen=True)
@@ -146,74 +146,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     return config
 
 
-# ----------------------------------------------------------------------------- PGD in L2
-
-
-def _l2_norms(x: jax.Array) -> jax.Array:
-    """Per-example L2 norm, shaped [N, 1, 1, 1] for broadcasting."""
-    return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)), keepdims=True))
-
-
-def project_l2_ball(delta: jax.Array, eps: float) -> jax.Array:
-    """Projection onto the L2 ball: ``delta * min(1, eps / ||delta||_2)`` per example."""
-    norms = _l2_norms(delta)
-    return delta * jnp.minimum(1.0, eps / jnp.maximum(norms, 1e-12))
-
-
-def pgd_l2(
-    logits_fn: LogitsFn,
-    x: jax.Array,
-    y: jax.Array,
-    eps: float,
-    steps: int,
-    step_size: float,
-    key: jax.Array | None = None,
-) -> jax.Array:
-    """Untargeted L2 PGD (Madry et al. 2018) in [0,1] pixel space.
-
-    ``delta_0`` = 0, or uniform in the eps-ball when ``key`` is given (direction uniform on the
-    sphere, radius ``eps * U^(1/d)``). Then ``steps`` times:
-    ``g = grad_delta sum CE(f(x + delta), y)``,
-    ``delta <- Proj_{||.||<=eps}(delta + step_size * g / ||g||_2)``,
-    ``delta <- clip(x + delta, 0, 1) - x``. Returns ``x + delta`` (stops gradients).
-
-    The steps are unrolled into the traced program (a Python loop, not ``lax.scan``): on XLA:CPU
-    the gradients of a convolutional network inside a loop run several times slower
-    (``benchmarks/RESULTS.md``).
-    """
-    x = jax.lax.stop_gradient(x)
-    if key is None:
-        delta = jnp.zeros_like(x)
-    else:
-        k_dir, k_rad = jax.random.split(key)
-        direction = jax.random.normal(k_dir, x.shape, x.dtype)
-        direction = direction / jnp.maximum(_l2_norms(direction), 1e-12)
-        d = math.prod(x.shape[1:])
-        radius = eps * jax.random.uniform(k_rad, (x.shape[0], 1, 1, 1), x.dtype) ** (1.0 / d)
-        delta = jnp.clip(x + direction * radius, 0.0, 1.0) - x
-
-    def total_loss(delta):
-        logits = logits_fn(x + delta)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-
-    for _ in range(steps):
-        g = jax.grad(total_loss)(delta)
-        g = g / jnp.maximum(_l2_norms(g), 1e-12)
-        delta = project_l2_ball(delta + step_size * g, eps)
-        delta = jnp.clip(x + delta, 0.0, 1.0) - x
-    return jax.lax.stop_gradient(x + delta)
-
-
 # ----------------------------------------------------------------------------- state and steps
-
-
-class TrainState(NamedTuple):
-    """Everything that changes during training (a pytree, passed through the jitted step)."""
-
-    params: Any
-    batch_stats: Any  # {} for models without BatchNorm
-    opt_state: optax.OptState
-    step: jax.Array
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -235,26 +168,6 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
         parts.append(optax.add_decayed_weights(config.weight_decay))
     parts.append(optax.sgd(schedule, momentum=0.9, nesterov=True))
     return optax.chain(*parts)
-
-
-def augment_batch(x: jax.Array, key: jax.Array, mode: str, pad: int = CROP_PAD) -> jax.Array:
-    """``flip``: each image mirrored left-right with probability 1/2; ``flip-crop``: then
-    zero-padded by ``pad`` pixels on every side and cropped back to H x W at a uniform random
-    offset ``(i, j) in {0..2 pad}^2``, i.e. ``x'[r, c] = x_pad[r + i, c + j]`` (the usual CIFAR
-    augmentation with ``pad = 4``: torchvision's ``RandomHorizontalFlip``,
-    ``RandomCrop(32, padding=4)``). The draws come from ``key``, one per training step."""
-    if mode == "none":
-        return x
-    k_flip, k_crop = jax.random.split(key)
-    flip = jax.random.bernoulli(k_flip, 0.5, (x.shape[0], 1, 1, 1))
-    x = jnp.where(flip, x[:, :, ::-1, :], x)
-    if mode == "flip-crop" and pad > 0:
-        h, w = x.shape[1], x.shape[2]
-        padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        offsets = jax.random.randint(k_crop, (x.shape[0], 2), 0, 2 * pad + 1)
-        x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, im.shape[-1])))(
-            padded, offsets)
-    return x
 
 
 def _split_variables(variables: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -315,17 +228,6 @@ def make_predict_fn(spec: ModelSpec) -> Callable:
     return jit(lambda variables, x: jnp.argmax(module.apply(variables, x, train=False), -1))
 
 
-def _padded_batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(n, start + batch_size)
-
-
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-    if len(a) == size:
-        return a
-    return np.concatenate([a, np.zeros((size - len(a), *a.shape[1:]), a.dtype)])
-
-
 def evaluate_accuracy(
     spec: ModelSpec,
     variables: Mapping[str, Any],
@@ -362,58 +264,7 @@ def _noise_for(root, start: int, shape) -> np.ndarray:
     return np.asarray(_noise_batch(root, jnp.asarray(start, jnp.uint32), tuple(shape)))
 
 
-def pgd_robust_accuracy(
-    spec: ModelSpec,
-    variables: Mapping[str, Any],
-    images: np.ndarray,
-    labels: np.ndarray,
-    eps: float = 1.0,
-    steps: int = 20,
-    step_size: float | None = None,
-    batch_size: int = 500,
-) -> float:
-    """Accuracy under a ``steps``-step L2 PGD of radius ``eps`` (no random start, step size
-    ``2.5 * eps / steps`` unless given), the model in inference mode. A point counts as robust when
-    both the clean image and the PGD output are classified correctly."""
-    module = spec.build()
-    step_size = 2.5 * eps / steps if step_size is None else step_size
-
-    @jit
-    def robust(variables, x, y):
-        logits_fn = lambda z: module.apply(variables, z, train=False)  # noqa: E731
-        x_adv = pgd_l2(logits_fn, x, y, eps, steps, step_size, key=None)
-        clean_ok = jnp.argmax(logits_fn(x), -1) == y
-        adv_ok = jnp.argmax(logits_fn(x_adv), -1) == y
-        return clean_ok & adv_ok
-
-    batch_size = min(batch_size, len(images))
-    ok = 0
-    for start, stop in _padded_batches(len(images), batch_size):
-        x = _pad(np.asarray(images[start:stop], np.float32), batch_size)
-        y = _pad(np.asarray(labels[start:stop], np.int32), batch_size)
-        ok += int(np.sum(np.asarray(robust(variables, jnp.asarray(x), jnp.asarray(y)))[: stop - start]))
-    return ok / len(images)
-
-
 # ----------------------------------------------------------------------------- initial state
-
-
-def _flat_by_path(tree: Any) -> dict[str, Any]:
-    """``{"['params']['Dense_0']['kernel']": leaf, ...}`` (jax key paths as strings)."""
-    return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _tensor_mismatches(expected: Any, got: Any) -> list[str]:
-    """Every difference between two trees of arrays in tensor names, shapes or dtypes."""
-    exp, have = _flat_by_path(expected), _flat_by_path(got)
-    problems = name_problems(("missing", sorted(set(exp) - set(have))),
-                             ("unexpected", sorted(set(have) - set(exp))))
-    for name in sorted(set(exp) & set(have)):
-        e, g = exp[name], have[name]
-        e_dtype, g_dtype = np.dtype(e.dtype), np.asarray(g).dtype
-        if tuple(np.shape(g)) != tuple(e.shape) or g_dtype != e_dtype:
-            problems.append(f"{name} is {g_dtype}{list(np.shape(g))}, expected {e_dtype}{list(e.shape)}")
-    return problems
 
 
 def check_init_variables(spec: ModelSpec, variables: Mapping[str, Any], source: str = "init_variables") -> None:
@@ -437,127 +288,6 @@ def init_train_state(spec: ModelSpec, tx: optax.GradientTransformation, config: 
         variables = spec.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
     params, batch_stats = _split_variables(variables)
     return TrainState(params, batch_stats, tx.init(params), jnp.zeros((), jnp.int32))
-
-
-# ----------------------------------------------------------------------------- resume state
-
-#: ``metadata["kind"]`` of a resume state file
-RESUME_KIND = "rsjax-train-resume"
-
-
-def resume_state_path(out: str | Path) -> Path:
-    """``model.ckpt`` -> ``model.ckpt.resume`` (the state to continue an interrupted run)."""
-    out = Path(out)
-    return out.with_name(out.name + ".resume")
-
-
-def array_digest(named_arrays: Mapping[str, Any]) -> str:
-    """SHA-256 over ``name, dtype, shape, bytes`` of each array, in sorted name order."""
-    h = hashlib.sha256()
-    for name in sorted(named_arrays):
-        a = np.ascontiguousarray(np.asarray(named_arrays[name]))
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.reshape(-1).view(np.uint8))
-    return h.hexdigest()
-
-
-def run_fingerprint(config: TrainConfig, train_data: Dataset, eval_data: Dataset | None,
-                    init_variables: Mapping[str, Any] | None) -> dict:
-    """What a resumed run must share with the interrupted one: every field of the resolved
-    ``config``, the data specs, sizes and SHA-256 (images and labels), and the SHA-256 of the
-    initial weights (None: drawn from the seed)."""
-    fingerprint = dataclasses.asdict(config)
-    fingerprint.update(
-        dataset=train_data.spec, n_train=len(train_data),
-        train_data_sha256=array_digest({"images": train_data.images, "labels": train_data.labels}),
-        eval_dataset=None if eval_data is None else eval_data.spec,
-        n_eval=None if eval_data is None else len(eval_data),
-        eval_data_sha256=None if eval_data is None else array_digest(
-            {"images": eval_data.images, "labels": eval_data.labels}),
-        init_sha256=None if init_variables is None else array_digest(_flat_by_path(dict(init_variables))),
-    )
-    return fingerprint
-
-
-def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``"name: <saved> in the resume state, <current> now"`` for each differing field."""
-    def show(key: str, value: Any) -> str:
-        return f"{value[:12]}..." if key.endswith("sha256") and isinstance(value, str) else repr(value)
-
-    return [f"{key}: {show(key, saved.get(key))} in the resume state, {show(key, current.get(key))} now"
-            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
-
-
-def _state_tree(state: TrainState) -> dict:
-    """The state as a plain tree of arrays (the optimizer state as Flax's state dict)."""
-    return {"params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": serialization.to_state_dict(state.opt_state), "step": state.step}
-
-
-def save_resume_state(path: str | Path, arch: str, state: TrainState, info: Mapping[str, Any]) -> None:
-    """Write ``state`` in the checkpoint format of :mod:`rsjax.checkpoints` (msgpack payload,
-    SHA-256, atomic replace, no pickle): the tree ``{params, batch_stats, opt_state, step}``, the
-    metadata ``info`` (JSON) plus ``kind`` = :data:`RESUME_KIND`."""
-    from rsjax.checkpoints import save_checkpoint
-
-    save_checkpoint(path, arch, jax.device_get(_state_tree(state)), {**info, "kind": RESUME_KIND})
-
-
-def read_resume_metadata(path: str | Path) -> dict:
-    """The metadata of a resume state (its header only; verified later by :func:`load_resume_state`)."""
-    from rsjax.checkpoints import read_checkpoint_header
-
-    metadata = read_checkpoint_header(path)["metadata"]
-    if metadata.get("kind") != RESUME_KIND:
-        raise CheckpointError(f"{path} is an rsjax checkpoint but not a training resume state")
-    return metadata
-
-
-def load_resume_state(path: str | Path, template: TrainState) -> tuple[TrainState, dict]:
-    """Read a file of :func:`save_resume_state` -> (state on the device, metadata), verifying the
-    magic, length and SHA-256 as :func:`rsjax.checkpoints.load_checkpoint` does, and every
-    tensor's name, shape and dtype against ``template`` (the fresh state of the same config)."""
-    from rsjax.checkpoints import _digest, read_checkpoint_header
-
-    path = Path(path)
-    header = read_checkpoint_header(path)
-    metadata = read_resume_metadata(path)
-    with open(path, "rb") as f:
-        f.seek(header["_offset"])
-        payload = f.read()
-    if len(payload) != header["payload_bytes"] or _digest(header["arch"], metadata, payload) != header["sha256"]:
-        raise CheckpointError(f"{path} is truncated or corrupted (length or SHA-256 mismatch); delete it "
-                              f"to start the run over")
-    try:
-        tree = serialization.msgpack_restore(payload)
-    except Exception as e:  # msgpack raises several types on garbage
-        raise CheckpointError(f"{path}: cannot decode the training state ({e})") from None
-    problems = _tensor_mismatches(_state_tree(template), tree)
-    if problems:
-        raise CheckpointError(f"{path} does not fit this run's training state: {'; '.join(problems[:5])}")
-    opt_state = serialization.from_state_dict(template.opt_state, tree["opt_state"])
-    state = TrainState(tree["params"], tree["batch_stats"], opt_state, tree["step"])
-    return jax.device_put(state), metadata
-
-
-def _resume(path: Path, fresh: TrainState, fingerprint: dict, log: Callable[[str], None]):
-    """(state, metadata, epochs done, best score) from the resume state at ``path``; InputError
-    listing the differences when it was written by another configuration."""
-    saved = read_resume_metadata(path)
-    differences = fingerprint_differences(saved.get("fingerprint", {}), fingerprint)
-    if differences:
-        raise InputError(
-            f"{path} holds an interrupted run of another training configuration: {'; '.join(differences)}. "
-            f"Rerun with the same options to resume it, or start over with --no-resume (resume=False) "
-            f"or another --out")
-    state, saved = load_resume_state(path, fresh)
-    if saved.get("jax_version") != jax.__version__:
-        log(f"warning: {path} was written with jax {saved.get('jax_version')}, this is {jax.__version__}: "
-            f"the result may differ in the last bits from an uninterrupted run")
-    metadata = dict(saved["run_metadata"])
-    metadata["resumed_after_epochs"] = [*metadata.get("resumed_after_epochs", []), saved["epochs_done"]]
-    log(f"resuming from {path}: {saved['epochs_done']} of {fingerprint['epochs']} epochs done")
-    return state, metadata, int(saved["epochs_done"]), float(saved["best_score"])
 
 
 # ----------------------------------------------------------------------------- the loop

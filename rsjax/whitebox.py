@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax.errors import InputError, check_int_at_least, check_positive
+from rsjax.geometry import bcast, keep_better, safe_normalize, xla_l2_norm
 from rsjax.xla_options import jit
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -54,19 +55,9 @@ class WhiteboxResult(NamedTuple):
     misclassified: np.ndarray
 
 
-def _norms(v: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), axis=1))
-
-
-def _bc(v: jax.Array, like: jax.Array) -> jax.Array:
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
-
-
 def _unit(v: jax.Array, fallback: jax.Array) -> jax.Array:
-    """v / ||v|| per row; rows of zero or non-finite norm take ``fallback``."""
-    n = _norms(v)
-    ok = (n > 0) & jnp.isfinite(n)
-    return jnp.where(_bc(ok, v), v / _bc(jnp.where(ok, n, 1.0), v), fallback)
+    """v / ||v|| per row (XLA's reduction); rows of zero or non-finite norm take ``fallback``."""
+    return safe_normalize(v, fallback, norm=xla_l2_norm)
 
 
 @partial(jit, static_argnames=("logits_fn", "steps", "refine_iterations"))
@@ -84,16 +75,14 @@ def _ddn_jit(logits_fn, x, y, *, steps, gamma, init_norm, alpha_max, alpha_min, 
         delta, eps, best, best_l2 = s
         g, logp = grad_fn(delta)
         adv = jnp.argmax(logp, axis=-1) != y
-        l2 = _norms(delta)
-        better = adv & (l2 < best_l2)
-        best = jnp.where(_bc(better, x), x + delta, best)
-        best_l2 = jnp.where(better, l2, best_l2)
+        l2 = xla_l2_norm(delta)
+        best, best_l2 = keep_better(adv & (l2 < best_l2), x + delta, best, (l2, best_l2))
         alpha = alpha_min + 0.5 * (alpha_max - alpha_min) * (1.0 + jnp.cos(jnp.pi * k / steps))
         step = _unit(g, jnp.zeros_like(g))
         moved = delta + alpha * step
         eps = jnp.where(adv, eps * (1.0 - gamma), eps * (1.0 + gamma))
         direction = _unit(moved, _unit(delta, jnp.zeros_like(delta)))
-        delta = jnp.clip(x + _bc(eps, x) * direction, 0.0, 1.0) - x
+        delta = jnp.clip(x + bcast(eps, x) * direction, 0.0, 1.0) - x
         return delta, eps, best, best_l2
 
     init = (jnp.zeros_like(x), jnp.full((b,), init_norm, jnp.float32), x,
@@ -101,30 +90,28 @@ def _ddn_jit(logits_fn, x, y, *, steps, gamma, init_norm, alpha_max, alpha_min, 
     delta, _, best, best_l2 = jax.lax.fori_loop(0, steps, body, init)
     # the last iterate has not been checked yet
     adv = jnp.argmax(logits_fn(x + delta), axis=-1) != y
-    l2 = _norms(delta)
-    better = adv & (l2 < best_l2)
-    best = jnp.where(_bc(better, x), x + delta, best)
-    best_l2 = jnp.where(better, l2, best_l2)
+    l2 = xla_l2_norm(delta)
+    best, best_l2 = keep_better(adv & (l2 < best_l2), x + delta, best, (l2, best_l2))
     found = jnp.isfinite(best_l2)
     misclassified = jnp.argmax(logits_fn(x), axis=-1) != y
 
-    seg = _norms(best - x)
+    seg = xla_l2_norm(best - x)
 
     def bisect(_, s):
         lo, hi, p_hi = s
         live = (hi - lo) * seg > refine_tol
         mid = 0.5 * (lo + hi)
-        p = x + _bc(mid, x) * (best - x)
+        p = x + bcast(mid, x) * (best - x)
         a = jnp.argmax(logits_fn(p), axis=-1) != y
         up = live & a
         return (jnp.where(live & ~a, mid, lo), jnp.where(up, mid, hi),
-                jnp.where(_bc(up, x), p, p_hi))
+                jnp.where(bcast(up, x), p, p_hi))
 
     # carry the last point answered adversarial itself (recomputing it from hi could round it)
     _, _, p_hi = jax.lax.fori_loop(
         0, refine_iterations, bisect,
         (jnp.zeros((b,), jnp.float32), jnp.ones((b,), jnp.float32), best))
-    x_adv = jnp.where(_bc(found & ~misclassified, x), p_hi, x)
+    x_adv = jnp.where(bcast(found & ~misclassified, x), p_hi, x)
     return x_adv, found | misclassified, misclassified
 
 

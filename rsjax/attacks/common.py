@@ -76,7 +76,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax.errors import InputError
-from rsjax.geometry import bcast, clip01, flat, halving_sum, l2_norm, linf_norm, safe_normalize, tree_sum
+from rsjax.geometry import (bcast, clip01, flat, halving_sum, keep_better, l2_norm, linf_norm, safe_normalize,
+                            tree_sum)
 from rsjax.oracle import Oracle, image_keys as _image_keys, query_keys
 from rsjax.xla_options import jit
 
@@ -198,13 +199,16 @@ def update_best(env: AttackEnv, core: AttackCore, candidate: jax.Array, ok: jax.
     l2, linf = l2_norm(d), linf_norm(d)
     new = l2 if metric == "l2" else linf
     old = core.best_l2 if metric == "l2" else core.best_linf
-    better = ok & (new < old)
-    return core._replace(
-        best_x=jnp.where(bcast(better, candidate), candidate, core.best_x),
-        best_l2=jnp.where(better, l2, core.best_l2),
-        best_linf=jnp.where(better, linf, core.best_linf),
-        found=core.found | ok,
-    )
+    return replace_best(core, ok & (new < old), candidate, l2, linf, ok)
+
+
+def replace_best(core: AttackCore, better: jax.Array, candidate: jax.Array, l2: jax.Array, linf: jax.Array,
+                 ok: jax.Array) -> AttackCore:
+    """``core`` with ``candidate`` [B, ...] (distances ``l2``, ``linf`` [B]) as best point where
+    ``better`` [B] (:func:`rsjax.geometry.keep_better`), and ``found`` set where ``ok``."""
+    best_x, best_l2, best_linf = keep_better(better, candidate, core.best_x, (l2, core.best_l2),
+                                             (linf, core.best_linf))
+    return core._replace(best_x=best_x, best_l2=best_l2, best_linf=best_linf, found=core.found | ok)
 
 
 def binary_search(oracle: Oracle, env: AttackEnv, core: AttackCore, x_in: jax.Array, x_out: jax.Array,

@@ -79,8 +79,10 @@ from rsjax.attacks.common import (
     flat,
     query_one,
     remaining,
+    replace_best,
 )
 from rsjax.errors import InputError
+from rsjax.geometry import halving_dot, halving_l2_norm, safe_normalize
 from rsjax.oracle import Oracle
 
 # Phases of the per-image state machine: every real phase asks exactly one query per tick.
@@ -152,21 +154,13 @@ class SurFreeState(NamedTuple):
 
 # --------------------------------------------------------------------------- pure maths
 
-def row_dot(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Batch-invariant per-row inner product of [B, ...] arrays -> [B]."""
-    return tree_sum(flat(a) * flat(b))
-
-
-def row_norm(a: jax.Array) -> jax.Array:
-    """Batch-invariant per-row L2 norm of a [B, ...] array -> [B]."""
-    return jnp.sqrt(row_dot(a, a))
+row_dot = halving_dot  # batch-invariant per-row inner product [B, ...] x [B, ...] -> [B]
+row_norm = halving_l2_norm  # batch-invariant per-row L2 norm [B, ...] -> [B]
 
 
 def unit(a: jax.Array) -> jax.Array:
     """a / ||a|| per row ([B, D]); rows of zero or non-finite norm become 0 (never NaN)."""
-    n = row_norm(a)
-    ok = (n > 0) & jnp.isfinite(n)
-    return jnp.where(ok[:, None], a / jnp.where(ok, n, 1.0)[:, None], 0.0)
+    return safe_normalize(a, norm=row_norm)
 
 
 def keep_best(env: AttackEnv, core: AttackCore, candidate: jax.Array, ok: jax.Array) -> AttackCore:
@@ -174,13 +168,7 @@ def keep_best(env: AttackEnv, core: AttackCore, candidate: jax.Array, ok: jax.Ar
     d = candidate - env.x
     l2 = row_norm(d)
     linf = jnp.max(jnp.abs(flat(d)), axis=1)  # max is exact in any order
-    better = ok & (l2 < core.best_l2)
-    return core._replace(
-        best_x=jnp.where(bcast(better, candidate), candidate, core.best_x),
-        best_l2=jnp.where(better, l2, core.best_l2),
-        best_linf=jnp.where(better, linf, core.best_linf),
-        found=core.found | ok,
-    )
+    return replace_best(core, ok & (l2 < core.best_l2), candidate, l2, linf, ok)
 
 
 def quantize(x: jax.Array) -> jax.Array:

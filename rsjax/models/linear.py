@@ -16,19 +16,15 @@ import numpy as np
 
 def linear_logits_fn(w: np.ndarray, b: float) -> Callable[[jax.Array], jax.Array]:
     """x [N, *shape(w)] -> logits [N, 2] = [0, w.x + b]; batch-invariant: an elementwise
-    product and a per-row sum in a fixed pairwise order (XLA:CPU's own row reduction changes
+    product and a per-row sum in a fixed pairwise order (:func:`rsjax.geometry.padded_tree_sum`; XLA:CPU's own row reduction changes
     its summation order with N, e.g. between 5 and 7 rows, so ``jnp.sum`` is not)."""
     w = jnp.asarray(w, jnp.float32)
     b = jnp.float32(b)
 
     def logits(x: jax.Array) -> jax.Array:
-        v = x.reshape(x.shape[0], -1) * w.reshape(1, -1)
-        n = 1 << max(0, (v.shape[1] - 1).bit_length())
-        v = jnp.pad(v, ((0, 0), (0, n - v.shape[1])))
-        while n > 1:
-            n //= 2
-            v = v[:, :n] + v[:, n:]
-        s = v[:, 0] + b
+        from rsjax.geometry import padded_tree_sum
+
+        s = padded_tree_sum(x.reshape(x.shape[0], -1) * w.reshape(1, -1)) + b
         return jnp.stack([jnp.zeros_like(s), s], axis=1)
 
     return logits

@@ -19,8 +19,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from rsjax.errors import InputError
-from rsjax.study.config import CRITERIA
+from rsjax.criterion import Criterion
 
 
 def apply_fn(clf) -> Callable:
@@ -52,9 +51,10 @@ class OracleParams:
 class ParamOracle:
     """A decision oracle (contract of :mod:`rsjax.oracle`) whose numbers are traced values.
 
-    ``kind``: 'none' (base classifier f: adversarial iff argmax f(x) != y, 1 evaluation),
-    'level' (adversarial iff #{j < n : f(x + sigma N_j) != y} >= k) or 'label' (adversarial iff
-    the plurality of the n micro-decisions, lowest-index ties, is not y). Sample j of the query
+    ``kind``: the :class:`rsjax.criterion.Criterion` kind, 'none' (base classifier f: adversarial
+    iff argmax f(x) != y, 1 evaluation), 'level' (adversarial iff #{j < n : f(x + sigma N_j) != y}
+    >= k, k traced) or 'label' (adversarial iff the plurality of the n micro-decisions,
+    lowest-index ties, is not y). Sample j of the query
     with key kq uses the noise key fold_in(kq, j) (the noise of :func:`rsjax.smoothing.vote_counts`),
     and the vote stops as soon as the answer is decided (exact: :func:`scheduled_vote_counts`).
 
@@ -67,8 +67,7 @@ class ParamOracle:
     def __init__(self, apply_fn: Callable, params: OracleParams, num_classes: int, kind: str,
                  chunk_size: int = 2048, noise: str = "hash", rows: int | None = None,
                  eval_rows: int | None = None):
-        if kind not in ("none",) + CRITERIA:
-            raise InputError(f"oracle kind must be one of none, {', '.join(CRITERIA)}; got {kind!r}")
+        self.criterion = Criterion(kind)  # validates the kind
         self.apply_fn = apply_fn
         self.params = params
         self.num_classes = num_classes
@@ -99,21 +98,21 @@ class ParamOracle:
     def decide(self, x, y, keys=None, active=None):
         """Answers for the points x [M]; rows with ``active`` [M] False (probes the caller will
         not send) draw no samples: their answer is meaningless and their evaluations 0."""
-        from rsjax.oracle import OracleAnswer, adversarial_from_counts, criterion_stop_rule
+        from rsjax.oracle import OracleAnswer
 
         per_image = self._points_per_image(x.shape[0])
         if self.kind == "none":
             block = model_block(per_image, self.chunk_size, floor=1)
             block = self._eval_rows(block) or block
-            adv = jnp.argmax(blocked_apply(self._logits, x, block), axis=-1) != y
+            adv = self.criterion.is_adversarial(blocked_apply(self._logits, x, block), y)
             return OracleAnswer(adv, jnp.ones(adv.shape, jnp.int32))
         p = self.params
         n = p.n if active is None else jnp.where(active, p.n, 0)
         chunk = model_block(per_image, self.chunk_size)
         res = scheduled_vote_counts(self._logits, x, keys, p.sigma, n, self.num_classes,
                                     chunk_size=chunk, noise=self.noise,
-                                    stop=criterion_stop_rule(self.kind, y, p.k), eval_rows=self._eval_rows(chunk))
-        adv = adversarial_from_counts(self.kind, res.counts, y, p.k)
+                                    stop=self.criterion.stop_rule(y, k_wrong=p.k), eval_rows=self._eval_rows(chunk))
+        adv = self.criterion.is_adversarial(res.counts, y, k_wrong=p.k)
         return OracleAnswer(adv, res.evaluations.astype(jnp.int32))
 
     def max_evaluations_per_query(self) -> int:

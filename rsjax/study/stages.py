@@ -22,20 +22,15 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
+from rsjax.criterion import NOTES, REFERENCE_ABSTAIN, REFERENCE_WRONG
 from rsjax.study.config import SweepConfig
 from rsjax.study.executor import AttackPrograms, run_attack
 from rsjax.study.oracle import OracleParams
 from rsjax.study.tasks import (STREAM_ACCURACY, STREAM_CERTIFY, STREAM_REFERENCE, AttackRun, Setting,
                                attack_record_key, image_keys, stream_key)
 
-STATUS_SMOOTHED_ABSTAIN, STATUS_SMOOTHED_WRONG, STATUS_UNVERIFIED = "smoothed_abstain", "smoothed_wrong", "unverified"
-CRITERION_NOTES = {
-    "none": "no randomized smoothing: the oracle is the base classifier f (adversarial iff f(x) != y)",
-    "level": "the authors' shortcut: a query counts as adversarial when at least k = ceil(n * P_a) "
-             "of its n micro-decisions f(x + sigma N_j) differ from the true label",
-    "label": "the voted label of g_{sigma,n} (plurality, lowest-index ties) differs from the reference label "
-             "(one call, one answer: the deployed classifier)",
-}
+STATUS_SMOOTHED_ABSTAIN, STATUS_SMOOTHED_WRONG, STATUS_UNVERIFIED = REFERENCE_ABSTAIN, REFERENCE_WRONG, "unverified"
+CRITERION_NOTES = NOTES  # the records' ``criterion_note`` of each kind (rsjax.criterion)
 #: record fields that hold wall times (everything else in a record is reproducible bit for bit)
 TIMING_FIELDS = ("seconds", "attack_seconds", "verify_seconds")
 
@@ -107,8 +102,9 @@ def reference_records(name: str, clf, images: np.ndarray, labels: np.ndarray, id
     """The reference label of eq. (4), g_sigma(x_o), estimated by Cohen's PREDICT with
     ``reference_n`` samples at ``reference_alpha`` for the images ``ids`` (one record each):
     status 'ok' (= the true label), 'smoothed_abstain' or 'smoothed_wrong'."""
+    from rsjax.criterion import smoothed_reference
     from rsjax.results import record_key
-    from rsjax.smoothing import ABSTAIN, votes
+    from rsjax.smoothing import votes
 
     t0 = time.perf_counter()
     keys = image_keys(stream_key(config.seed, STREAM_REFERENCE), ids)
@@ -118,11 +114,10 @@ def reference_records(name: str, clf, images: np.ndarray, labels: np.ndarray, id
                     clf.num_classes, chunk_size=config.vote_chunk, noise=config.noise)
         counts.append(np.asarray(res.counts))
     counts = np.concatenate(counts)
-    pred = predict_labels(counts, config.reference_n, config.reference_alpha)
+    pred, statuses = smoothed_reference(counts, labels[ids], config.reference_alpha)
     dt = (time.perf_counter() - t0) / max(len(ids), 1)
     out = []
-    for i, p, c in zip(ids, pred, counts):
-        status = "ok" if p == labels[i] else (STATUS_SMOOTHED_ABSTAIN if p == ABSTAIN else STATUS_SMOOTHED_WRONG)
+    for i, p, c, status in zip(ids, pred, counts, statuses):
         out.append({"key": record_key(kind="reference", model=name, sigma=float(sigma), image=int(i)),
                     "kind": "reference", "model": name, "sigma": float(sigma), "image": int(i),
                     "label": int(labels[i]), "prediction": int(p), "status": status,

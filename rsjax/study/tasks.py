@@ -37,12 +37,11 @@ class Setting:
 
     @property
     def k_wrong(self) -> int | None:
-        """Wrong micro-decisions that make a query adversarial ('level'): ceil(n * P_a), 1 for n = 1."""
-        from rsjax.theory import level_wrong_count
+        """Wrong micro-decisions that make a query adversarial ('level'): ceil(n * P_a)
+        (:meth:`rsjax.criterion.Criterion.k_wrong`; 1 for n = 1)."""
+        from rsjax.criterion import Criterion
 
-        if self.criterion != "level":
-            return None
-        return 1 if self.n == 1 else level_wrong_count(self.n, self.p_a)
+        return Criterion("level", self.p_a).k_wrong(self.n) if self.criterion == "level" else None
 
     def fields(self) -> dict:
         return {"model": self.model, "sigma": self.sigma, "n": self.n, "p_a": self.p_a,
