@@ -18,7 +18,7 @@ from rsjax.oracle import ModelOracle, OracleAnswer, SmoothedOracle, image_keys
 from rsjax.theory import distortion_lower_bound
 from rsjax.verify import VerifyConfig, verify_attack
 
-from test_attacks_common import CoinOracle, assert_sane, check_row_equal
+from test_attacks_common import CoinOracle, assert_same_result, assert_sane, check_row_equal
 
 SIGMA = 0.25
 PAIRS = {"psj": "hsja", "rays_na": "rays", "surfree_na": "surfree"}
@@ -223,6 +223,37 @@ def test_coin_oracle_terminates_budget_exact_no_nan(name):
     assert_sane(res, 150)
     assert (res.queries <= 150).all()
     assert not np.isnan(res.x_adv).any()
+
+
+class ConstOracle:
+    """Every answer the same: always adversarial (``value`` True) or never."""
+
+    name = "const"
+    num_classes = 2
+
+    def __init__(self, value: bool):
+        self.value = value
+
+    def decide(self, x, y, keys):
+        return OracleAnswer(jnp.full((x.shape[0],), self.value), jnp.ones((x.shape[0],), jnp.int32))
+
+    def max_evaluations_per_query(self):
+        return 1
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_all_same_oracles_no_nan_and_identical_reruns(name):
+    """An oracle that always (or never) answers 'adversarial': the budget is kept exactly, no
+    NaN; and a run under RS repeated with the same seed is bit-identical."""
+    x, y, w, b, _ = linear_rs_problem(name)
+    for value in (True, False):
+        res = get_attack(name).run(ConstOracle(value), x, y, 0, 100, check_clean=False)
+        assert_sane(res, 100)
+        assert (res.queries <= 100).all() and not np.isnan(res.x_adv).any()
+        assert np.all(np.isfinite(res.l2) | ~res.success)
+    oracle = SmoothedOracle(linear_logits_fn(w, b), 2, SIGMA, 1)
+    first = get_attack(name).run(oracle, x, y, 2, 150, check_clean=False)
+    assert_same_result(first, get_attack(name).run(oracle, x, y, 2, 150, check_clean=False))
 
 
 @pytest.mark.parametrize("name", [pytest.param("psj", marks=pytest.mark.xfail(
