@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     from test_noise_aware import SIGMA, exact_level_distance, linear_rs_problem
 
     out: dict = {}
-    print(f"| n | seed | images | code | median verified / eq. (6) | median verified L2 | wall s / image |")
+    print("| n | seed | images | code | median verified / eq. (6) | median verified L2 | wall s / image |")
     print("|---|---|---|---|---|---|---|")
     for n in args.n:
         for seed in args.seeds:
@@ -200,7 +200,8 @@ def main(argv=None) -> int:
             theirs = np.asarray(theirs, np.float32)
             cfg = VerifyConfig(calls=args.verify_calls)
             row = {}
-            for code, xa, wall in (("rsjax psj", ours.x_adv, warm / len(x)), ("original", theirs, float(np.mean(t_img)))):
+            runs = (("rsjax psj", ours.x_adv, warm / len(x)), ("original", theirs, float(np.mean(t_img))))
+            for code, xa, wall in runs:
                 v = verify_attack(oracle, x, xa, y, 0.5, jax.random.key(101), config=cfg).l2
                 ratio = v / exact
                 row[code] = {"ratio": ratio.tolist(), "l2": v.tolist(), "wall_per_image": wall}

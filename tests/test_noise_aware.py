@@ -205,12 +205,12 @@ def test_rs_verified_distortion_vs_exact_level_distance(na):
         assert np.median(ratio[na]) <= np.median(ratio[plain]), ratio
 
 
-#: medians of verified / eq. (6) measured on these 2 images (seed 0), plain in brackets (psj's
-#: bounds predate session 6's psj changes, which brought it to 1.35 / 1.14 on 16 images, see
-#: benchmarks/RESULTS.md): n=1 psj 2.49 (hsja 2.60), rays_na 2.14 (rays inf/4.62), surfree_na 2.43 (surfree 5.19);
-#: n=10 rays_na 1.37 (rays 1.70), surfree_na 1.59 (surfree 6.10); the bounds add ~15 %.
+#: medians of verified / eq. (6) measured on these 2 images (seed 0), plain in brackets:
+#: n=1 psj 1.40 (hsja 2.60), rays_na 2.14 (rays inf/4.62), surfree_na 2.43 (surfree 5.19);
+#: n=10 psj 1.19 (hsja 3.22), rays_na 1.37 (rays 1.70), surfree_na 1.59 (surfree 6.10);
+#: the bounds add ~15 %.
 #: Far from the 10 % goal at n = 1: see the report of issue 16.
-BOUNDS = {("psj", 1): 2.9, ("psj", 10): 1.6, ("rays_na", 1): 2.5, ("rays_na", 10): 1.6,
+BOUNDS = {("psj", 1): 1.6, ("psj", 10): 1.37, ("rays_na", 1): 2.5, ("rays_na", 10): 1.6,
           ("surfree_na", 1): 2.8, ("surfree_na", 10): 1.85}
 
 
