@@ -18,7 +18,7 @@ from rsjax.oracle import ModelOracle, OracleAnswer, SmoothedOracle, image_keys
 from rsjax.theory import distortion_lower_bound
 from rsjax.verify import VerifyConfig, verify_attack
 
-from test_attacks_common import CoinOracle, assert_sane, check_row_equal
+from test_attacks_common import CoinOracle, assert_same_result, assert_sane, check_row_equal
 
 SIGMA = 0.25
 PAIRS = {"psj": "hsja", "rays_na": "rays", "surfree_na": "surfree"}
@@ -206,10 +206,11 @@ def test_rs_verified_distortion_vs_exact_level_distance(na):
 
 
 #: medians of verified / eq. (6) measured on these 2 images (seed 0), plain in brackets:
-#: n=1 psj 2.49 (hsja 2.60), rays_na 2.14 (rays inf/4.62), surfree_na 2.43 (surfree 5.19);
-#: n=10 rays_na 1.37 (rays 1.70), surfree_na 1.59 (surfree 6.10); the bounds add ~15 %.
+#: n=1 psj 1.40 (hsja 2.60), rays_na 2.14 (rays inf/4.62), surfree_na 2.43 (surfree 5.19);
+#: n=10 psj 1.19 (hsja 3.22), rays_na 1.37 (rays 1.70), surfree_na 1.59 (surfree 6.10);
+#: the bounds add ~15 %.
 #: Far from the 10 % goal at n = 1: see the report of issue 16.
-BOUNDS = {("psj", 1): 2.9, ("psj", 10): 1.6, ("rays_na", 1): 2.5, ("rays_na", 10): 1.6,
+BOUNDS = {("psj", 1): 1.6, ("psj", 10): 1.37, ("rays_na", 1): 2.5, ("rays_na", 10): 1.6,
           ("surfree_na", 1): 2.8, ("surfree_na", 10): 1.85}
 
 
@@ -224,9 +225,41 @@ def test_coin_oracle_terminates_budget_exact_no_nan(name):
     assert not np.isnan(res.x_adv).any()
 
 
+class ConstOracle:
+    """Every answer the same: always adversarial (``value`` True) or never."""
+
+    name = "const"
+    num_classes = 2
+
+    def __init__(self, value: bool):
+        self.value = value
+
+    def decide(self, x, y, keys):
+        return OracleAnswer(jnp.full((x.shape[0],), self.value), jnp.ones((x.shape[0],), jnp.int32))
+
+    def max_evaluations_per_query(self):
+        return 1
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_all_same_oracles_no_nan_and_identical_reruns(name):
+    """An oracle that always (or never) answers 'adversarial': the budget is kept exactly, no
+    NaN; and a run under RS repeated with the same seed is bit-identical."""
+    x, y, w, b, _ = linear_rs_problem(name)
+    for value in (True, False):
+        res = get_attack(name).run(ConstOracle(value), x, y, 0, 100, check_clean=False)
+        assert_sane(res, 100)
+        assert (res.queries <= 100).all() and not np.isnan(res.x_adv).any()
+        assert np.all(np.isfinite(res.l2) | ~res.success)
+    oracle = SmoothedOracle(linear_logits_fn(w, b), 2, SIGMA, 1)
+    first = get_attack(name).run(oracle, x, y, 2, 150, check_clean=False)
+    assert_same_result(first, get_attack(name).run(oracle, x, y, 2, 150, check_clean=False))
+
+
 @pytest.mark.parametrize("name", [pytest.param("psj", marks=pytest.mark.xfail(
-    reason="open: the trace entry of psj's start differs in the last bit (1 ulp of L-inf) between a "
-           "batch of 3 and one image run as two rows; the final results agree", strict=False)),
+    reason="open: psj's start point differs in one pixel's last bit (1 ulp) between a batch of 3 and one "
+           "image run as two rows, though its blends now round each product on its own (psj._exact); the "
+           "source is upstream of them", strict=False)),
     "rays_na", "surfree_na"])
 def test_batched_equals_one_at_a_time(name):
     """Same result for an image batched or alone (same ids, same key), under RS (n = 1)."""
@@ -239,3 +272,26 @@ def test_batched_equals_one_at_a_time(name):
     for i in range(len(x)):
         single = atk.run(oracle, x[i:i + 1], y[i:i + 1], 5, 200, image_ids=ids[i:i + 1], check_clean=False)
         check_row_equal(batched, i, single)
+
+
+# ----------------------------------------------------------------------------- psj, statistical
+
+def test_psj_rs_n10_near_exact_level_distance():
+    """psj against g_{sigma,n} of the linear f, n = 10, 1,000 queries, 4 images (seed 3): the
+    verified distortion (P_a = 1/2, 800 calls a point) over eq. (6)'s exact level-1/2 distance is
+    never below 0.98 (the verifier's ray bisection), within 40 % on at least 3 of the 4 images and
+    within 25 % on at least 2. Binomial tolerances from benchmarks/bench_noise_aware_linear.py
+    (16 other images: 16/16 within 40 %, 13/16 within 25 %, median 1.14; this test's images
+    measured 1.57, 1.24, 1.24, 1.09): with per-image probabilities 0.95 and 0.8 the two counts
+    fail with probability P[Bin(4, 0.95) <= 2] = 1.4 % and P[Bin(4, 0.8) <= 1] = 2.7 %; the run is
+    bit-identical from one run to the next, so a failure flags a change of the attack, and the
+    thresholds are not the measured values."""
+    x, y, w, b, r = linear_rs_problem("psj", r_o=np.linspace(0.3, 0.45, 4), seed=3)
+    oracle = SmoothedOracle(linear_logits_fn(w, b), 2, SIGMA, 10)
+    res = get_attack("psj").run(oracle, x, y, 3, 1000, check_clean=False)
+    assert_sane(res, 1000)
+    ratio = verified("psj", oracle, x, res.x_adv, y, VerifyConfig(calls=800)) / exact_level_distance("psj", r, w, 10)
+    print("psj n=10 verified / eq. (6):", np.round(ratio, 3))
+    assert np.all(ratio >= 0.98), ratio
+    assert (ratio <= 1.4).sum() >= 3, ratio
+    assert (ratio <= 1.25).sum() >= 2, ratio

@@ -161,6 +161,13 @@ class HSJA(DecisionAttack):
     def _gradient(self, oracle, env, core, x_b, delta, n_evals, key, active):
         """Monte-Carlo estimate of the boundary normal at x_b from n_evals probes per image,
         in batches of ``probe_batch`` probes. Returns (unit direction, ok [B], core)."""
+        g, ok, core, _ = self._gradient_stats(oracle, env, core, x_b, delta, n_evals, key, active)
+        return g, ok, core
+
+    def _gradient_stats(self, oracle, env, core, x_b, delta, n_evals, key, active):
+        """:meth:`_gradient` and the estimate's statistics (``psj`` sizes its probe radius on
+        them): (unit direction, ok, core, (||mean estimate||^2 [B], probes answered [B], mean
+        answer in {-1, +1} [B]))."""
         c = self.config
         p = c.probe_batch
         shape = x_b.shape[1:]
@@ -206,8 +213,9 @@ class HSJA(DecisionAttack):
         centred = (s_phi_u - bcast(mean_phi, s_u) * s_u) / bcast(safe_count, s_u)
         g = jnp.where(bcast(all_adv, s_u), s_u / bcast(safe_count, s_u),
                       jnp.where(bcast(all_not, s_u), -s_u / bcast(safe_count, s_u), centred))
-        ok = (count > 0) & (l2_norm(g) > 0) & jnp.all(jnp.isfinite(g.reshape(b, -1)), axis=1)
-        return safe_normalize(g), ok, core
+        norm = l2_norm(g)
+        ok = (count > 0) & (norm > 0) & jnp.all(jnp.isfinite(g.reshape(b, -1)), axis=1)
+        return safe_normalize(g), ok, core, (jnp.square(norm), count, mean_phi)
 
     def step(self, oracle, env: AttackEnv, core: AttackCore, st: HSJAState, active: jax.Array):
         c = self.config
