@@ -53,7 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax.errors import InputError, check_int_at_least, check_open_unit, check_positive
-from rsjax.whitebox import _bc, _norms, _unit
+from rsjax.geometry import bcast, xla_l2_norm
+from rsjax.whitebox import _unit
 from rsjax.xla_options import jit
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -107,16 +108,16 @@ def _smoothadv_jit(logits_fn, x, y, keys, sigma, *, m, steps, resample, gamma, i
         eps = draws(k) if resample else fixed
         g, wrong = grad_fn(delta, eps)
         adv = wrong >= target
-        l2 = _norms(delta)
+        l2 = xla_l2_norm(delta)
         better = adv & (l2 > 0) & (l2 < best_l2)  # delta = 0 gives no direction to verify
-        best = jnp.where(_bc(better, x), delta, best)
+        best = jnp.where(bcast(better, x), delta, best)
         best_l2 = jnp.where(better, l2, best_l2)
         best_w = jnp.where(better, wrong, best_w)
         alpha = alpha_min + 0.5 * (alpha_max - alpha_min) * (1.0 + jnp.cos(jnp.pi * k / steps))
         moved = delta + alpha * _unit(g, jnp.zeros_like(g))
         eps_r = jnp.where(adv, eps_r * (1.0 - gamma), eps_r * (1.0 + gamma))
         direction = _unit(moved, _unit(delta, jnp.zeros_like(delta)))
-        delta = jnp.clip(x + _bc(eps_r, x) * direction, 0.0, 1.0) - x
+        delta = jnp.clip(x + bcast(eps_r, x) * direction, 0.0, 1.0) - x
         return delta, eps_r, best, best_l2, best_w
 
     init = (jnp.zeros_like(x), jnp.full((b,), init_norm, jnp.float32), jnp.zeros_like(x),
@@ -124,9 +125,9 @@ def _smoothadv_jit(logits_fn, x, y, keys, sigma, *, m, steps, resample, gamma, i
     delta, _, best, best_l2, best_w = jax.lax.fori_loop(0, steps, body, init)
     # the last iterate, judged with the draws of the last step
     _, wrong = soft(delta, draws(steps - 1) if resample else fixed)
-    l2 = _norms(delta)
+    l2 = xla_l2_norm(delta)
     better = (wrong >= target) & (l2 > 0) & (l2 < best_l2)
-    best = jnp.where(_bc(better, x), delta, best)
+    best = jnp.where(bcast(better, x), delta, best)
     best_l2 = jnp.where(better, l2, best_l2)
     best_w = jnp.where(better, wrong, best_w)
     return best, best_l2, best_w
