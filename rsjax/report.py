@@ -389,10 +389,13 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
 
 def wall_time(run: Mapping[str, Any]) -> dict:
     """Sum of the wall times of the (possibly interrupted and resumed) runs that finished or
-    stopped cleanly, and their count."""
-    ends = [r for r in run["runs"] if r.get("event") in ("finish", "stopped")]
-    return {"runs": len([r for r in run["runs"] if r.get("event") == "start"]),
-            "wall_s": float(sum(r.get("wall_s", 0.0) for r in ends))}
+    stopped cleanly, and their count; a multi-process run counts by its process 0 (which waits
+    for the others), ``processes`` being the most processes of one start."""
+    events = [r for r in run["runs"] if r.get("process", 0) == 0]
+    ends = [r for r in events if r.get("event") in ("finish", "stopped")]
+    return {"runs": len([r for r in events if r.get("event") == "start"]),
+            "wall_s": float(sum(r.get("wall_s", 0.0) for r in ends)),
+            "processes": max([int(r.get("processes", 1)) for r in events] or [1])}
 
 
 def sigma_drops(run: Mapping[str, Any], model: str = "standard") -> list[dict]:
@@ -451,7 +454,8 @@ def _protocol_section(run: Mapping[str, Any]) -> list[str]:
         + (f"(largest certifiable radius {cap:.3g} σ)." if cap is not None else "."),
         f"- Intervals: {100 * float(cfg.get('interval_confidence', 0.95)):g} % bootstrap over images (BCa).", "",
         f"Wall time: {wt['wall_s']:.0f} s over {wt['runs']} start(s) of the sweep "
-        f"(device(s): {', '.join(run['env'].get('devices', [])) or '?'}).", ""]
+        + (f"as {wt['processes']} processes " if wt["processes"] > 1 else "")
+        + f"(device(s): {', '.join(run['env'].get('devices', [])) or '?'}).", ""]
 
 
 def _models_section(run: Mapping[str, Any]) -> list[str]:

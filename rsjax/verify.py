@@ -203,8 +203,9 @@ def ray_points(x_o: np.ndarray, direction: np.ndarray, t: np.ndarray) -> np.ndar
 def saturation_t(x_o: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """Per item, the t beyond which clip(x_o + t d) no longer moves: max over the coordinates
     with d != 0 of the t at which they reach 0 or 1 (0 for a zero direction)."""
-    xo = x_o.reshape(len(x_o), -1).astype(np.float64)
-    d = direction.reshape(len(direction), -1).astype(np.float64)
+    width = int(np.prod(x_o.shape[1:]))  # not -1: no items is a valid call
+    xo = x_o.reshape(len(x_o), width).astype(np.float64)
+    d = direction.reshape(len(direction), width).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         to_bound = np.where(d > 0, (1.0 - xo) / d, np.where(d < 0, -xo / d, 0.0))
     return to_bound.max(axis=1, initial=0.0)
@@ -309,7 +310,7 @@ class Verification(NamedTuple):
 
 
 def _distances(x: np.ndarray, x_o: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    d = (x.astype(np.float64) - x_o.astype(np.float64)).reshape(len(x), -1)
+    d = (x.astype(np.float64) - x_o.astype(np.float64)).reshape(len(x), int(np.prod(x.shape[1:])))
     return np.sqrt((d * d).sum(axis=1)), np.abs(d).max(axis=1, initial=0.0)
 
 
