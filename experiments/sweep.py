@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -101,14 +103,25 @@ def build_config(args: argparse.Namespace):
     return cfg.validate()
 
 
+def _leave(code: int, spec) -> int:
+    """Exit status ``code``; in a multi-process job a failing process leaves at once (``os._exit``)
+    rather than wait in JAX's shutdown barrier for peers that wait for it: they see it gone
+    through the runtime's heartbeats and end too."""
+    if spec is not None and code != 0:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv=None) -> int:
     from rsjax.errors import RsjaxError
     from rsjax.results import config_hash
+    from rsjax.study import distributed
     from rsjax.study.run import run_sweep
 
-    from rsjax.study import distributed
-
     args = parse_args(argv)
+    spec = None
     try:
         spec = distributed.resolve(args.coordinator, args.num_processes, args.process_id,
                                    heartbeat_timeout=args.heartbeat_timeout)
@@ -122,7 +135,12 @@ def main(argv=None) -> int:
                   write_report=not args.no_report, max_tasks=args.max_tasks)
     except RsjaxError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
-        return 2
+        return _leave(2, spec)
+    except BaseException:
+        if spec is None:
+            raise
+        traceback.print_exc()
+        return _leave(1, spec)
     import jax
 
     if jax.process_index() == 0:

@@ -20,31 +20,37 @@ fi
 shift
 PY=${PYTHON:-.venv/bin/python}
 [[ -x "$PY" ]] || PY=$(command -v python3 || command -v python)
-PORT=${RSJAX_COORDINATOR_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+PORT=${RSJAX_COORDINATOR_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null)}
+if [[ ! "$PORT" =~ ^[0-9]+$ ]]; then
+  echo "multiprocess.sh: no free local port found (set RSJAX_COORDINATOR_PORT)" >&2
+  exit 2
+fi
 
 pids=()
+declare -A alive=()
 stop_all() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${!alive[@]}"; do kill -TERM "$p" 2>/dev/null; done
 }
 trap 'stop_all; exit 130' INT TERM
 
 for ((i = 0; i < N; i++)); do
   "$PY" experiments/sweep.py --coordinator "127.0.0.1:$PORT" --num-processes "$N" --process-id "$i" "$@" &
   pids+=($!)
+  alive[$!]=$i
 done
 
 status=0
-running=$N
-while ((running > 0)); do
-  wait -n -p done_pid "${pids[@]}"
+while ((${#alive[@]} > 0)); do
+  done_pid=
+  wait -n -p done_pid "${!alive[@]}"
   rc=$?
-  [[ -z "${done_pid:-}" ]] && break
-  running=$((running - 1))
+  [[ -z "$done_pid" ]] && break
+  i=${alive[$done_pid]}
+  unset "alive[$done_pid]"
   if ((rc != 0 && status == 0)); then
     status=$rc
-    echo "multiprocess.sh: process $done_pid exited with status $rc; stopping the others" >&2
+    echo "multiprocess.sh: process $i (pid $done_pid) exited with status $rc; stopping the others" >&2
     stop_all
   fi
-  unset done_pid
 done
 exit "$status"

@@ -98,7 +98,7 @@ def _free_port() -> int:
 
 def _process_cmd(out: Path, port: int, i: int, n: int = 2) -> list[str]:
     return sweep_cmd(out) + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n),
-                             "--process-id", str(i), "--heartbeat-timeout", "10"]
+                             "--process-id", str(i), "--heartbeat-timeout", "15"]
 
 
 def _assert_same_as_reference(out: Path, ref: Path, processes: int = 2) -> None:
@@ -125,7 +125,7 @@ def test_two_processes_match_one(tmp_path, smoke_cache, smoke_reference):
     the merged records are those of the 1-process run."""
     out = tmp_path / "mp2"
     env = {**sweep_env(smoke_cache), "PYTHON": sys.executable}
-    cmd = ["bash", str(REPO / "scripts" / "multiprocess.sh"), "2"] + sweep_cmd(out)[2:] + ["--heartbeat-timeout", "10"]
+    cmd = ["bash", str(REPO / "scripts" / "multiprocess.sh"), "2"] + sweep_cmd(out)[2:] + ["--heartbeat-timeout", "15"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip().splitlines() == [str(out)]  # process 0 prints the directory
