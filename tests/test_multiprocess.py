@@ -133,6 +133,8 @@ def test_two_processes_match_one(tmp_path, smoke_cache, smoke_reference):
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip().splitlines() == [str(out)]  # process 0 prints the directory
     _assert_same_as_reference(out, smoke_reference)
+    for name in ("summary.csv", "findings.csv"):  # the report reads the merged records in image order
+        assert (out / name).read_text() == (smoke_reference / name).read_text(), name
     events = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert sorted((e["event"], e["process"]) for e in events) == [("finish", 0), ("finish", 1), ("start", 0),
                                                                    ("start", 1)]

@@ -321,11 +321,12 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
     st = open_study(config, out, log, None if cache is None else Path(cache))
     tasks = stage_tasks(st) + attack_tasks(st)
     new, left = run_tasks(tasks, progress and lead, max_tasks)  # one bar: process 0's share
-    _event(out, event="finish" if left == 0 else "stopped", time=time.time(),
-           wall_s=time.perf_counter() - wall0, new_tasks=new, tasks=len(tasks))
-    # multi-process: every process's records are on disk before process 0 merges them
+    # multi-process: every process's records are on disk before process 0 merges them (the
+    # wall time below includes the wait for the slowest process: the job's time)
     distributed.publish("left", str(left))
     distributed.barrier("done")
+    _event(out, event="finish" if left == 0 else "stopped", time=time.time(),
+           wall_s=time.perf_counter() - wall0, new_tasks=new, tasks=len(tasks))
     complete = sum(int(v) for v in distributed.gather("left", str(left))) == 0
     if write_report and complete and st.lead:
         from rsjax.report import write_report as _write
