@@ -62,8 +62,9 @@ reference labels, certifies its attacked images plus every P-th other certified 
 stage (aggregates, not per image) runs on process 0 only. The per-image randomness does not
 depend on the split, so every record equals the 1-process run's (tested). At the end the
 processes meet at a barrier of the runtime and exchange how many tasks each left; if none,
-process 0 writes the report, which reads every ``records*.jsonl`` / ``certify*.jsonl`` file
-and de-duplicates by key (``experiments/report.py`` re-draws it at any time). No device
+process 0 writes the report, which reads every ``records*.jsonl`` / ``certify*.jsonl`` file,
+de-duplicates by key and orders the records as ``images.json`` does, so its tables and intervals
+are the 1-process run's (``experiments/report.py`` re-draws it at any time). No device
 collective is used (only the runtime's barriers and key-value store), so CPU processes need no
 collectives backend.
 
