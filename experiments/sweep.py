@@ -12,12 +12,19 @@ env.json, models.json, accuracy.jsonl, certify.jsonl, records.jsonl, summary.csv
 report.md. Killing the sweep and starting it again resumes it; a changed configuration in an
 existing --out directory is refused. The protocol: rsjax/study/__init__.py; presets:
 rsjax/study/config.py.
+
+Multi-process (JAX's distributed runtime): start the same command as P processes, each with
+``--coordinator HOST:PORT --num-processes P --process-id I`` (or the environment variables
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; under ``srun -n P`` nothing is
+needed). One machine: ``scripts/multiprocess.sh P [sweep args...]``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,6 +62,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="do not write summary/figures/report.md")
     p.add_argument("--max-tasks", type=int, default=None, help=argparse.SUPPRESS)
+    mp = p.add_argument_group("multi-process (jax.distributed)")
+    mp.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                    help="address of process 0's coordination service (default $JAX_COORDINATOR_ADDRESS)")
+    mp.add_argument("--num-processes", default=None, metavar="P",
+                    help="number of processes of the job (default $JAX_NUM_PROCESSES, or Slurm's task count)")
+    mp.add_argument("--process-id", default=None, metavar="I",
+                    help="this process's id in [0, P) (default $JAX_PROCESS_ID, or $SLURM_PROCID)")
+    mp.add_argument("--heartbeat-timeout", type=int, default=100, metavar="SECONDS",
+                    help="a process silent this long is declared dead and the whole job ends (default 100)")
     return p.parse_args(argv)
 
 
@@ -87,13 +103,31 @@ def build_config(args: argparse.Namespace):
     return cfg.validate()
 
 
+def _leave(code: int, spec) -> int:
+    """Exit status ``code``; in a multi-process job a failing process leaves at once (``os._exit``)
+    rather than wait in JAX's shutdown barrier for peers that wait for it: they see it gone
+    through the runtime's heartbeats and end too."""
+    if spec is not None and code != 0:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv=None) -> int:
     from rsjax.errors import RsjaxError
     from rsjax.results import config_hash
+    from rsjax.study import distributed
     from rsjax.study.run import run_sweep
 
     args = parse_args(argv)
+    spec = None
     try:
+        spec = distributed.resolve(args.coordinator, args.num_processes, args.process_id,
+                                   heartbeat_timeout=args.heartbeat_timeout)
+        if spec is not None:
+            print(f"sweep: {spec.describe()}", file=sys.stderr, flush=True)
+        distributed.initialize(spec)  # before any other use of JAX
         cfg = build_config(args)
         out = args.out or f"runs/sweep-{cfg.preset}-{config_hash(cfg.to_dict())}"
         print(f"sweep: preset {cfg.preset} -> {out}", file=sys.stderr, flush=True)
@@ -101,8 +135,16 @@ def main(argv=None) -> int:
                   write_report=not args.no_report, max_tasks=args.max_tasks)
     except RsjaxError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
-        return 2
-    print(out)
+        return _leave(2, spec)
+    except BaseException:
+        if spec is None:
+            raise
+        traceback.print_exc()
+        return _leave(1, spec)
+    import jax
+
+    if jax.process_index() == 0:
+        print(out)
     return 0
 
 

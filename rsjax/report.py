@@ -58,6 +58,15 @@ def _read_jsonl(paths: Iterable[Path]) -> list[dict]:
     return out
 
 
+def _in_image_order(records: list[dict], order: Sequence[int] | None) -> list[dict]:
+    """``records`` stably sorted by the position of their image in ``order`` (unchanged
+    without one)."""
+    if not order:
+        return records
+    pos = {int(i): k for k, i in enumerate(order)}
+    return sorted(records, key=lambda r: pos.get(r.get("image"), len(pos)))
+
+
 def load_run(out: str | os.PathLike) -> dict:
     """All results of a sweep directory: config, attack records, certify and accuracy records,
     models info and run log (missing optional files give empty values)."""
@@ -72,13 +81,17 @@ def load_run(out: str | os.PathLike) -> dict:
     runs = []
     if (out / "runs.jsonl").is_file():
         runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.strip()]
+    # a multi-process run's files hold each process's images: put the records back in the
+    # order of images.json (stable, so a 1-process run's order is kept) so that every
+    # statistic, bootstrap intervals included, equals the 1-process run's
+    images = opt_json("images.json")
     return {
         "dir": out,
         "config": json.loads((out / "config.json").read_text()),
         "env": opt_json("env.json"),
         "models": opt_json("models.json"),
-        "records": _read_jsonl(out.glob("records*.jsonl")),
-        "certify": _read_jsonl(out.glob("certify*.jsonl")),
+        "records": _in_image_order(_read_jsonl(out.glob("records*.jsonl")), images.get("attacked")),
+        "certify": _in_image_order(_read_jsonl(out.glob("certify*.jsonl")), images.get("certified")),
         "accuracy": _read_jsonl(out.glob("accuracy*.jsonl")),
         "runs": runs,
     }
@@ -389,10 +402,13 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
 
 def wall_time(run: Mapping[str, Any]) -> dict:
     """Sum of the wall times of the (possibly interrupted and resumed) runs that finished or
-    stopped cleanly, and their count."""
-    ends = [r for r in run["runs"] if r.get("event") in ("finish", "stopped")]
-    return {"runs": len([r for r in run["runs"] if r.get("event") == "start"]),
-            "wall_s": float(sum(r.get("wall_s", 0.0) for r in ends))}
+    stopped cleanly, and their count; a multi-process run counts by its process 0 (its wall
+    time includes the wait for the others), ``processes`` being the most processes of one start."""
+    events = [r for r in run["runs"] if r.get("process", 0) == 0]
+    ends = [r for r in events if r.get("event") in ("finish", "stopped")]
+    return {"runs": len([r for r in events if r.get("event") == "start"]),
+            "wall_s": float(sum(r.get("wall_s", 0.0) for r in ends)),
+            "processes": max([int(r.get("processes", 1)) for r in events] or [1])}
 
 
 def sigma_drops(run: Mapping[str, Any], model: str = "standard") -> list[dict]:
@@ -451,7 +467,8 @@ def _protocol_section(run: Mapping[str, Any]) -> list[str]:
         + (f"(largest certifiable radius {cap:.3g} σ)." if cap is not None else "."),
         f"- Intervals: {100 * float(cfg.get('interval_confidence', 0.95)):g} % bootstrap over images (BCa).", "",
         f"Wall time: {wt['wall_s']:.0f} s over {wt['runs']} start(s) of the sweep "
-        f"(device(s): {', '.join(run['env'].get('devices', [])) or '?'}).", ""]
+        + (f"as {wt['processes']} processes " if wt["processes"] > 1 else "")
+        + f"(device(s): {', '.join(run['env'].get('devices', [])) or '?'}).", ""]
 
 
 def _models_section(run: Mapping[str, Any]) -> list[str]:

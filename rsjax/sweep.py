@@ -16,8 +16,8 @@ from rsjax.study.stages import (CRITERION_NOTES, L2_AT_FRACTIONS, STATUS_SMOOTHE
                                 STATUS_UNVERIFIED, TIMING_FIELDS, BatchOutcome, accuracy_records, attack_records,
                                 certify_records, measure_batch, predict_labels, reference_records)
 from rsjax.study.tasks import (STREAM_ACCURACY, STREAM_ATTACK, STREAM_CERTIFY, STREAM_REFERENCE, STREAM_VERIFY,
-                               AttackRun, Setting, attack_record_key, batches, enumerate_runs, enumerate_settings,
-                               image_keys, permutation, process_slice, select_images, stream_key)
+                               AttackRun, Setting, attack_record_key, batches, certify_share, enumerate_runs,
+                               enumerate_settings, image_keys, permutation, process_slice, select_images, stream_key)
 
 _apply_fn = apply_fn
 _image_keys = image_keys
@@ -36,5 +36,5 @@ __all__ = [
     "predict_labels", "reference_records",
     "STREAM_ACCURACY", "STREAM_ATTACK", "STREAM_CERTIFY", "STREAM_REFERENCE", "STREAM_VERIFY", "AttackRun",
     "Setting", "attack_record_key", "batches", "enumerate_runs", "enumerate_settings", "image_keys", "permutation",
-    "process_slice", "select_images", "stream_key",
+    "process_slice", "certify_share", "select_images", "stream_key",
 ]

@@ -58,3 +58,25 @@ def fmnist_dir() -> Path:
     if not (d / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"Fashion-MNIST not in {d}: apt-get install -y dataset-fashion-mnist")
     return d
+
+
+@pytest.fixture(scope="session")
+def smoke_cache() -> Path:
+    """The checkpoint + XLA cache of the real smoke runs (tests/sweep_helpers.py)."""
+    from sweep_helpers import cache_for_tests
+
+    return cache_for_tests()
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(tmp_path_factory, smoke_cache) -> Path:
+    """An uninterrupted single-process smoke run (it also fills the checkpoint and XLA caches),
+    shared by test_sweep.py and test_multiprocess.py."""
+    import subprocess
+
+    from sweep_helpers import sweep_cmd, sweep_env
+
+    out = tmp_path_factory.mktemp("smoke") / "ref"
+    p = subprocess.run(sweep_cmd(out), env=sweep_env(smoke_cache), capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out

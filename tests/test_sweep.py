@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +20,10 @@ import pytest
 from rsjax import sweep
 from rsjax.errors import InputError
 from rsjax.results import open_run_dir, read_records
-
-REPO = Path(__file__).resolve().parents[1]
-TIMING_FIELDS = set(sweep.TIMING_FIELDS)
+from sweep_helpers import REPO
+from sweep_helpers import strip as _strip
+from sweep_helpers import sweep_cmd as _sweep_cmd
+from sweep_helpers import sweep_env as _env
 
 
 # ------------------------------------------------------------------------------------ grid
@@ -240,44 +240,6 @@ def test_param_oracle_uses_the_model_cpu_block():
 
 
 # ------------------------------------------------------------------------------------ real runs
-
-def _test_cache() -> Path:
-    """Checkpoint + XLA cache of the real-run tests: ``$RSJAX_TEST_CACHE``, else the session's
-    temporary ``$RSJAX_CACHE`` (``conftest.py``; never the user's cache). Entries are keyed by
-    content, so sharing a cache only saves time."""
-    return Path(os.environ.get("RSJAX_TEST_CACHE") or sweep.cache_dir())
-
-
-def _env(cache: Path) -> dict:
-    env = dict(os.environ)
-    env["RSJAX_CACHE"] = str(cache)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("XLA_FLAGS", None)
-    return env
-
-
-def _sweep_cmd(out: Path) -> list[str]:
-    return [sys.executable, str(REPO / "experiments" / "sweep.py"), "--preset", "smoke", "--out", str(out),
-            "--no-progress"]
-
-
-def _strip(records):
-    return {r["key"]: {k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records}
-
-
-@pytest.fixture(scope="module")
-def smoke_cache():
-    return _test_cache()
-
-
-@pytest.fixture(scope="module")
-def smoke_reference(tmp_path_factory, smoke_cache):
-    """An uninterrupted smoke run (it also fills the checkpoint and XLA caches)."""
-    out = tmp_path_factory.mktemp("smoke") / "ref"
-    p = subprocess.run(_sweep_cmd(out), env=_env(smoke_cache), capture_output=True, text=True, timeout=1800)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return out
-
 
 def test_smoke_run_outputs(smoke_reference):
     out = smoke_reference

@@ -43,21 +43,42 @@ Pipeline (``run_sweep``), every stage appending JSON lines to the output directo
 
 Randomness: one ``seed``. Stream s of image i uses ``fold_in(fold_in(key(seed), s), image_id)``
 (s = 1 accuracy, 2 certification, 3 attacks, 5 reference label, 6 the evaluator's calls), so
-Randomness: one ``seed``; every number depends on (seed, image, setting) only, never on batch
-composition, resumption or device count (:mod:`rsjax.study.tasks`).
+every number depends on (seed, image, setting) only, never on batch composition, resumption,
+device count or process count (:mod:`rsjax.study.tasks`).
 
-Multi-host (documented, not tested here): start one process per host with
-``jax.distributed.initialize(coordinator_address, num_processes, process_id)`` before anything
-else; each process then attacks the images ``ids[process_index::process_count]`` of every
-setting on a mesh of its ``jax.local_devices()`` and writes its own
-``records.p<process_index>.jsonl`` and ``certify.p<process_index>.jsonl`` (every process
-certifies the whole certification set: same keys, same numbers; the ``accuracy`` stage runs on
-process 0 only); :mod:`rsjax.report` reads every ``records*.jsonl`` / ``certify*.jsonl`` file of
-the directory and de-duplicates by key. Keys never collide
-because images are disjoint, and the per-image randomness does not depend on the split.
+Multi-process (JAX's distributed runtime, :mod:`rsjax.study.distributed`; tested with 2
+processes on one machine): the same command is started as P processes, each given the
+coordinator's ``HOST:PORT``, P and its id (``experiments/sweep.py --coordinator --num-processes
+--process-id``, or ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``, or
+nothing under ``srun -n P``), which call ``jax.distributed.initialize`` before any other use of JAX;
+every process writes into the same ``out`` directory (a shared file system across machines).
+Process 0 creates the directory, trains the missing models (the others wait at a barrier, then
+load the checkpoints from ``$RSJAX_CACHE``: share it too, or each machine trains its own
+identical copy) and writes ``models.json`` / ``images.json``. Process i then attacks the images
+``attacked[i::P]`` of every setting on a mesh of its ``jax.local_devices()``, computes their
+reference labels, certifies its attacked images plus every P-th other certified image
+(:func:`~rsjax.study.tasks.certify_share`: disjoint shares) and writes its own
+``records.p<i>.jsonl``, ``reference.p<i>.jsonl`` and ``certify.p<i>.jsonl``; the ``accuracy``
+stage (aggregates, not per image) runs on process 0 only. The per-image randomness does not
+depend on the split, so every record equals the 1-process run's (tested). At the end the
+processes meet at a barrier of the runtime and exchange how many tasks each left; if none,
+process 0 writes the report, which reads every ``records*.jsonl`` / ``certify*.jsonl`` file,
+de-duplicates by key and orders the records as ``images.json`` does, so its tables and intervals
+are the 1-process run's (``experiments/report.py`` re-draws it at any time). No device
+collective is used (only the runtime's barriers and key-value store), so CPU processes need no
+collectives backend.
+
+A process that dies (SIGKILL, lost machine) ends the whole job: the runtime's heartbeats
+(``--heartbeat-timeout``, default 100 s) detect it and JAX aborts every other process ("the JAX
+distributed service detected fatal errors"); a dead process 0 takes the coordinator with it and
+the others abort at once. A process cannot rejoin a running job: start the whole job again (same
+command, any free port). Each task's records are appended and fsynced in one write, so what was
+finished is kept and nothing is computed twice (tested by SIGKILLing one of 2 processes).
 
 Modules (each imports only those above it):
 
+* :mod:`rsjax.study.distributed`: joining a multi-process job (flags, variables, Slurm), its
+  barriers and key-value exchange;
 * :mod:`rsjax.study.config`: :class:`SweepConfig`, :class:`ModelEntry`, the presets (data);
 * :mod:`rsjax.study.models`: train or load the models (checkpoint cache);
 * :mod:`rsjax.study.tasks`: settings, attack runs, image selection, batches, random streams;

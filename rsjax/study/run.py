@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax.cache import enable_compilation_cache
+from rsjax.study import distributed
 from rsjax.study.config import SweepConfig
 from rsjax.study.executor import AttackPrograms, VerifyPrograms, make_mesh
 from rsjax.study.models import prepare_models
 from rsjax.study.oracle import OracleParams, apply_fn
 from rsjax.study.stages import accuracy_records, attack_records, certify_records, measure_batch, reference_records
-from rsjax.study.tasks import (STREAM_ATTACK, STREAM_VERIFY, AttackRun, attack_record_key, batches, enumerate_runs,
-                               permutation, process_slice, select_images, stream_key)
+from rsjax.study.tasks import (STREAM_ATTACK, STREAM_VERIFY, AttackRun, attack_record_key, batches, certify_share,
+                               enumerate_runs, permutation, process_slice, select_images, stream_key)
 
 
 class Task(NamedTuple):
@@ -78,9 +79,12 @@ def _write_json(path: Path, value: Any, indent: int | None = 2) -> None:
 
 
 def _event(out: Path, **fields) -> None:
-    """Append one line to ``runs.jsonl`` (start / finish / stopped of each invocation)."""
+    """Append one line to ``runs.jsonl`` (start / finish / stopped of each invocation; in a
+    multi-process run each process appends its own, with ``process`` and ``processes``)."""
     from rsjax.results import dumps
 
+    if jax.process_count() > 1:
+        fields.update(process=jax.process_index(), processes=jax.process_count())
     with open(out / "runs.jsonl", "a") as f:
         f.write(dumps(fields) + "\n")
 
@@ -99,19 +103,27 @@ class Study:
     eval_ids: np.ndarray  # images of the accuracy stage
     certify_ids: np.ndarray  # images certified (the first of the permutation, all attacked ones included)
     my_images: np.ndarray  # attacked images of this process
+    my_certify: np.ndarray  # certified images of this process (its attacked ones included)
     lead: bool  # process 0 (writes accuracy and the report)
     stores: dict = field(default_factory=dict)  # 'accuracy', 'certify', 'reference', 'records' -> RecordStore
 
 
 def open_study(config: SweepConfig, out: Path, log: Callable[[str], None], cache: Path | None) -> Study:
     """Load the data and the models (training them if needed), choose the images (written to
-    ``images.json``) and open the record stores (one file per process in a multi-host run)."""
+    ``images.json``) and open the record stores (one file per process in a multi-process run,
+    where process 0 trains the missing models and writes ``models.json`` and ``images.json``
+    while the others wait, then load its checkpoints from the cache)."""
     from rsjax.data import load_dataset
     from rsjax.results import RecordStore
 
+    lead = jax.process_index() == 0
     data = load_dataset(config.data)
+    if not lead:
+        distributed.barrier("models")
     classifiers, model_info = prepare_models(config, log, cache, data)
-    _write_json(out / "models.json", model_info)
+    if lead:
+        _write_json(out / "models.json", model_info)
+        distributed.barrier("models")
     images, labels = data.images, data.labels
     base_pred = {name: clf.predict(images) for name, clf in classifiers.items()}
     order = permutation(len(labels), config.seed)
@@ -119,14 +131,15 @@ def open_study(config: SweepConfig, out: Path, log: Callable[[str], None], cache
     pos_last = int(np.flatnonzero(np.isin(order, attacked)).max())
     certify_ids = order[:max(config.certify_images, pos_last + 1)]
     eval_ids = order[:min(config.eval_images, len(order))]
-    (out / "images.json").write_text(json.dumps({
-        "attacked": attacked.tolist(), "certified": certify_ids.tolist(),
-        "evaluated": {"count": int(len(eval_ids)), "first": eval_ids[:10].tolist()}}) + "\n")
+    if lead:
+        (out / "images.json").write_text(json.dumps({
+            "attacked": attacked.tolist(), "certified": certify_ids.tolist(),
+            "evaluated": {"count": int(len(eval_ids)), "first": eval_ids[:10].tolist()}}) + "\n")
     suffix = "" if jax.process_count() == 1 else f".p{jax.process_index()}"
-    stores = {"accuracy": RecordStore(out / "accuracy.jsonl")}
+    stores = {"accuracy": RecordStore(out / "accuracy.jsonl")} if lead else {}
     stores.update({kind: RecordStore(out / f"{kind}{suffix}.jsonl") for kind in ("certify", "reference", "records")})
     return Study(config, out, images, labels, classifiers, base_pred, eval_ids, certify_ids,
-                 process_slice(attacked), jax.process_index() == 0, stores)
+                 process_slice(attacked), certify_share(certify_ids, attacked), lead, stores)
 
 
 def _append(store, make: Callable[[], list[dict]]) -> None:
@@ -134,11 +147,11 @@ def _append(store, make: Callable[[], list[dict]]) -> None:
 
 
 def stage_tasks(st: Study) -> list[Task]:
-    """The accuracy (process 0 only) and certification tasks of every model, then the
-    reference-label tasks, in run order."""
+    """The accuracy (process 0 only) and certification tasks (this process's share) of every
+    model, then the reference-label tasks, in run order."""
     from rsjax.results import record_key
 
-    cfg, acc, cert = st.config, st.stores["accuracy"], st.stores["certify"]
+    cfg, acc, cert = st.config, st.stores.get("accuracy"), st.stores["certify"]
     tasks = []
     for m in cfg.models:
         clf = st.classifiers[m.name]
@@ -154,7 +167,7 @@ def stage_tasks(st: Study) -> list[Task]:
                                   partial(_append, acc, partial(accuracy_records, m.name, clf, st.images, st.labels,
                                                                 st.eval_ids, float(s), cfg))))
         for s in cfg.model_sigmas(m):
-            for chunk in batches(st.certify_ids, 256):
+            for chunk in batches(st.my_certify, 256):
                 done = all(record_key(kind="certify", model=m.name, sigma=float(s), image=int(i)) in cert
                            for i in chunk)
                 tasks.append(Task(f"certify {m.name} s={s:g}", float(len(chunk) * (cfg.certify_n0 + cfg.certify_n)),
@@ -296,18 +309,28 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
     config.validate()
     wall0 = time.perf_counter()
     enable_compilation_cache(Path(cache) if cache is not None else None)
+    lead = jax.process_index() == 0
+    if not lead:  # multi-process: process 0 creates the directory (or refuses it) first
+        distributed.barrier("open")
     out = open_run_dir(out, config.to_dict())
-    if not (out / "env.json").exists():
-        _write_json(out / "env.json", environment_info(config.seed))
+    if lead:
+        if not (out / "env.json").exists():
+            _write_json(out / "env.json", environment_info(config.seed))
+        distributed.barrier("open")
     _event(out, event="start", time=time.time(), devices=[str(d) for d in jax.devices()])
     st = open_study(config, out, log, None if cache is None else Path(cache))
     tasks = stage_tasks(st) + attack_tasks(st)
-    new, left = run_tasks(tasks, progress, max_tasks)
-    complete = left == 0
-    _event(out, event="finish" if complete else "stopped", time=time.time(),
+    new, left = run_tasks(tasks, progress and lead, max_tasks)  # one bar: process 0's share
+    # multi-process: every process's records are on disk before process 0 merges them (the
+    # wall time below includes the wait for the slowest process: the job's time)
+    distributed.publish("left", str(left))
+    distributed.barrier("done")
+    _event(out, event="finish" if left == 0 else "stopped", time=time.time(),
            wall_s=time.perf_counter() - wall0, new_tasks=new, tasks=len(tasks))
+    complete = sum(int(v) for v in distributed.gather("left", str(left))) == 0
     if write_report and complete and st.lead:
         from rsjax.report import write_report as _write
 
         _write(out)
+    distributed.barrier("report")
     return out

@@ -158,3 +158,15 @@ def batches(ids: np.ndarray, size: int) -> list[np.ndarray]:
     """Fixed consecutive batches of the image list: a resumed run rebuilds exactly the same
     batches (same composition, hence bit-identical results)."""
     return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def certify_share(certify_ids: np.ndarray, attacked: np.ndarray, index: int | None = None,
+                  count: int | None = None) -> np.ndarray:
+    """Certified images of this process, in ``certify_ids`` order: its attacked images
+    (:func:`process_slice` of ``attacked``, whose records carry their radius) and every
+    ``count``-th of the other certified images. The shares of the processes are disjoint and
+    cover ``certify_ids`` (all of it when one process)."""
+    certify_ids, attacked = np.asarray(certify_ids), np.asarray(attacked)
+    others = certify_ids[~np.isin(certify_ids, attacked)]
+    mine = np.concatenate([process_slice(attacked, index, count), process_slice(others, index, count)])
+    return certify_ids[np.isin(certify_ids, mine)]
