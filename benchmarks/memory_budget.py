@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 #: name -> (arch, budget GiB, n votes per image, images, shared weights, converter arch, data spec)
 ROWS = {
-    "mnv2-100": ("mobilenet_v2", 4.0, 100, 4),
+    "mnv2-100": ("mobilenet_v2", 4.0, 100, 2),
     "mnv2-1000": ("mobilenet_v2", 4.0, 1000, 2),
     "r20-10000": ("cifar_resnet20", 2.0, 10_000, 2),
 }
@@ -72,6 +72,9 @@ def worker(args) -> dict:
     from rsjax.study.oracle import apply_fn, scheduled_vote_counts
     from rsjax.xla_options import jit
 
+    from rsjax.cache import enable_compilation_cache
+
+    enable_compilation_cache(Path(args.cache))  # the rows share compiled programs
     arch = args.arch
     spec = get_model_spec(arch)
     ckpt = _checkpoint(arch, Path(args.cache)) if not args.random_weights else None
@@ -112,6 +115,7 @@ def worker(args) -> dict:
     t1 = time.perf_counter()
     counts = np.asarray(oracle_votes(clf.variables, x, keys, jnp.float32(args.sigma), jnp.int32(args.n)))
     oracle_s = time.perf_counter() - t1
+    rss_after_oracle = peak_memory()["peak_rss_bytes"]
     assert (counts.sum(-1) == args.n).all()
     t2 = time.perf_counter()
     res = certify(clf.logits_fn, images, keys, args.sigma, 100, args.n, 0.001, clf.num_classes, chunk_size=chunk)
@@ -122,7 +126,8 @@ def worker(args) -> dict:
             "image_shape": list(spec.input_shape), "n": args.n, "sigma": args.sigma,
             "budget_gib": p.budget_bytes / GiB, "vote_chunk": chunk, "eval_rows": eval_rows,
             "estimated_peak_gib": p.estimated_peak_bytes / GiB, "plan": p.to_dict(), "plan_s": plan_s,
-            "rss_after_plan_gib": rss_after_plan / GiB, "oracle_s": oracle_s, "certify_s": certify_s,
+            "rss_after_plan_gib": rss_after_plan / GiB, "rss_after_oracle_gib": rss_after_oracle / GiB,
+            "oracle_s": oracle_s, "certify_s": certify_s,
             "evaluations": evals, "votes_per_s": evals / (oracle_s + certify_s),
             "peak_rss_gib": peak["peak_rss_bytes"] / GiB, "under_budget": peak["peak_rss_bytes"] <= p.budget_bytes,
             "certified": int((res.predictions >= 0).sum()),
@@ -162,6 +167,7 @@ def main(argv=None) -> int:
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row["name"], row["wall_s"] = name, time.perf_counter() - t0
         rows.append(row)
+        (Path(args.cache) / f"row-{name}.json").write_text(json.dumps(row, indent=2) + "\n")
         print(f"{name}: done in {row['wall_s']:.0f} s", file=sys.stderr, flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload average (1 min) {load:.1f}; {os.cpu_count()} CPUs; jax {rows[0]['jax'] if rows else '?'}")
