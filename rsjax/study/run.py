@@ -149,8 +149,9 @@ def _cast_models(config: SweepConfig, classifiers: dict, images: np.ndarray, log
 
 
 def _update_env(out: Path, **fields) -> None:
-    """Merge ``fields`` into ``env.json`` (the memory plan, the dtype check, the peak memory)."""
-    path = out / "env.json"
+    """Merge ``fields`` into ``env.json`` (the memory plan, the dtype check, the peak memory);
+    process i > 0 of a multi-process run writes its own ``env.p<i>.json``."""
+    path = out / ("env.json" if jax.process_index() == 0 else f"env.p{jax.process_index()}.json")
     env = json.loads(path.read_text()) if path.exists() else {}
     env.update(fields)
     _write_json(path, env)
