@@ -58,6 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--certify-images", type=int, default=None)
     p.add_argument("--certify-n", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--memory-budget", default=None, metavar="GiB",
+                   help="memory the sweep may use (default: half the machine's RAM, 90%% of an "
+                        "accelerator's); lowers the vote chunk and the attack batch to fit (rsjax/memory.py)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="compute dtype of the models (float32; bfloat16 only if it agrees with float32 "
+                        "on >= 99%% of noisy samples)")
     p.add_argument("--cache", default=None, help="checkpoint cache (default $RSJAX_CACHE or ~/.cache/rsjax)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="do not write summary/figures/report.md")
@@ -93,7 +99,7 @@ def build_config(args: argparse.Namespace):
                  "max_queries": args.queries, "n_images": args.images, "eval_images": args.eval_images,
                  "certify_images": args.certify_images, "certify_n": args.certify_n, "seed": args.seed,
                  "level_ns": None if args.level_ns is None else tuple(args.level_ns), "reference": args.reference,
-                 "reference_n": args.reference_n, "verify_calls": args.verify_calls}
+                 "reference_n": args.reference_n, "verify_calls": args.verify_calls, "dtype": args.dtype}
     if args.sigmas:
         overrides["sigmas"] = tuple(args.sigmas)
         overrides["models"] = tuple(dataclasses.replace(m, sigmas=None) for m in cfg.models)
@@ -116,6 +122,7 @@ def _leave(code: int, spec) -> int:
 
 def main(argv=None) -> int:
     from rsjax.errors import RsjaxError
+    from rsjax.memory import parse_budget, plan_sweep
     from rsjax.results import config_hash
     from rsjax.study import distributed
     from rsjax.study.run import run_sweep
@@ -129,10 +136,14 @@ def main(argv=None) -> int:
             print(f"sweep: {spec.describe()}", file=sys.stderr, flush=True)
         distributed.initialize(spec)  # before any other use of JAX
         cfg = build_config(args)
+        cfg, plan = plan_sweep(cfg, parse_budget(args.memory_budget))
+        if plan.binds:
+            print(f"sweep: memory budget {plan.budget_bytes / 2**30:.3g} GiB ({plan.budget_source}): vote chunk "
+                  f"{cfg.vote_chunk}, attack batch {cfg.attack_batch}", file=sys.stderr, flush=True)
         out = args.out or f"runs/sweep-{cfg.preset}-{config_hash(cfg.to_dict())}"
         print(f"sweep: preset {cfg.preset} -> {out}", file=sys.stderr, flush=True)
         run_sweep(cfg, out, progress=not args.no_progress, cache=args.cache,
-                  write_report=not args.no_report, max_tasks=args.max_tasks)
+                  write_report=not args.no_report, max_tasks=args.max_tasks, memory_plan=plan.to_dict())
     except RsjaxError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return _leave(2, spec)

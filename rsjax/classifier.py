@@ -58,6 +58,23 @@ class Classifier:
     spec: ModelSpec
     variables: Mapping[str, Any]
     metadata: Mapping[str, Any] | None = None
+    #: compute dtype of the forward: 'float32', or 'bfloat16' (variables cast by
+    #: :meth:`astype`, inputs cast on entry, float32 logits out)
+    dtype: str = "float32"
+
+    def astype(self, dtype: str) -> "Classifier":
+        """This classifier computing in ``dtype`` ('float32' or 'bfloat16'): floating variables
+        and inputs cast, logits returned in float32. Check the agreement first
+        (:func:`rsjax.memory.dtype_agreement`)."""
+        from rsjax.memory import check_dtype
+
+        check_dtype(dtype, "dtype")
+        if dtype == self.dtype:
+            return self
+        dt = jnp.dtype(dtype)
+        variables = jax.tree_util.tree_map(
+            lambda a: a.astype(dt) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, self.variables)
+        return Classifier(self.spec, variables, self.metadata, dtype)
 
     @classmethod
     def from_arch(cls, arch: str, variables: Mapping[str, Any], metadata=None) -> "Classifier":
@@ -87,9 +104,14 @@ class Classifier:
     def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
         """Pure x -> logits (inference mode) with the variables closed over as constants."""
         module, variables = self._module, self.variables
+        if self.dtype != "float32":
+            dt = jnp.dtype(self.dtype)
 
-        def logits(x: jax.Array) -> jax.Array:
-            return module.apply(variables, x, train=False)
+            def logits(x: jax.Array) -> jax.Array:
+                return module.apply(variables, x.astype(dt), train=False).astype(jnp.float32)
+        else:
+            def logits(x: jax.Array) -> jax.Array:
+                return module.apply(variables, x, train=False)
 
         return forward_in_blocks(logits, self.forward_block)
 

@@ -24,7 +24,8 @@ import time
 
 import numpy as np
 
-from rsjax.cli.common import add_data_args, check_writable, emit_json, load_data_for, log, run_config
+from rsjax.cli.common import (add_data_args, add_memory_args, apply_memory_args, check_writable, emit_json,
+                              load_data_for, log, run_config)
 
 
 def register(subparsers) -> None:
@@ -58,9 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="append one record per image as batches finish; a file of the same configuration "
                         "is resumed (configuration in RECORDS.jsonl.config.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_memory_args(p)
 
 
-def build_oracle(args: argparse.Namespace, classifier):
+def build_oracle(args: argparse.Namespace, classifier, chunk_size: int = 1024):
     """ModelOracle, or SmoothedOracle when --sigma is given (with its checks)."""
     from rsjax.errors import InputError
     from rsjax.oracle import ModelOracle, SmoothedOracle
@@ -75,7 +77,7 @@ def build_oracle(args: argparse.Namespace, classifier):
     if args.n is None:
         raise InputError("--sigma needs --n (number of noisy samples per query)")
     return SmoothedOracle(classifier.logits_fn, classifier.num_classes, args.sigma, args.n,
-                          criterion=args.criterion, p_a=args.pa)
+                          criterion=args.criterion, p_a=args.pa, chunk_size=chunk_size)
 
 
 def _finite(v: float) -> float | None:
@@ -164,15 +166,22 @@ def attack(args: argparse.Namespace) -> dict:
         check_int_at_least("--limit", args.limit, 1)
     out_path = check_writable(args.out) if args.out else None
     classifier = Classifier.from_checkpoint(args.checkpoint)
-    oracle = build_oracle(args, classifier)
+    build_oracle(args, classifier)  # checks the flags before the data is loaded
     data = load_data_for(args, classifier)
     if len(data) == 0:
         raise InputError(f"data {data.spec!r} has no images")
     atk = get_attack(args.attack)
+    chunk = 1024  # SmoothedOracle's default vote chunk
+    classifier, chunk, args.batch_size, extra = apply_memory_args(
+        args, classifier, data, chunk, sigmas=(args.sigma,), batch=args.batch_size,
+        points=max(16, int(getattr(atk.config, "probe_batch", 0) or 0)))
+    if args.memory_budget is not None:
+        extra["chunk_size"] = chunk
+    oracle = build_oracle(args, classifier, chunk)
     criterion = args.criterion if args.sigma is not None else None
     config = run_config(args, classifier, data, attack=args.attack, attack_options=dataclasses.asdict(atk.config),
                         queries=args.queries, sigma=args.sigma, n=args.n, criterion=criterion, p_a=args.pa,
-                        seed=args.seed, batch_size=args.batch_size)
+                        seed=args.seed, batch_size=args.batch_size, **extra)
     setting = {"arch": classifier.spec.name, "checkpoint": str(args.checkpoint),
                "checkpoint_sha256": config["checkpoint_sha256"], "data": data.spec, "attack": args.attack,
                "queries": args.queries, "sigma": args.sigma, "n": args.n, "criterion": criterion,

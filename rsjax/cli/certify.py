@@ -18,7 +18,8 @@ import argparse
 import os
 from pathlib import Path
 
-from rsjax.cli.common import add_data_args, check_writable, emit_json, load_data_for, log, run_config
+from rsjax.cli.common import (add_data_args, add_memory_args, apply_memory_args, check_writable, emit_json,
+                              load_data_for, log, run_config)
 
 
 def register(subparsers) -> None:
@@ -43,6 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="LOG",
                    help="tab-separated per-image log; an existing log of the same configuration is resumed")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    add_memory_args(p)
     p.set_defaults(func=run)
 
 
@@ -152,8 +154,10 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable(args.out)
     classifier = Classifier.from_checkpoint(args.checkpoint)
     data = load_data_for(args, classifier)
+    classifier, chunk, _, extra = apply_memory_args(args, classifier, data, chunk, sigmas=(args.sigma,),
+                                                    batch_images=args.batch_size)
     config = run_config(args, classifier, data, sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
-                        seed=args.seed, batch_size=args.batch_size, chunk_size=chunk)
+                        seed=args.seed, batch_size=args.batch_size, chunk_size=chunk, **extra)
     existing = read_log_rows(out)
     bind_results_file(out, config, has_results=bool(existing))
     prepare_log(out)

@@ -115,3 +115,41 @@ def run_config(args, classifier, data, **settings: Any) -> dict:
             "arch": classifier.spec.name, "data": data.spec, "limit": args.limit,
             "per_class": args.per_class, "n_images": len(data), "data_sha256": data_sha256(data),
             **settings}
+
+
+def add_memory_args(p) -> None:
+    """``--memory-budget GiB`` and ``--dtype`` (:mod:`rsjax.memory`)."""
+    p.add_argument("--memory-budget", default=None, metavar="GiB",
+                   help="memory this run may use: lowers the vote chunk (and the attack batch) to fit "
+                        "(default: no limit beyond the given sizes)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute dtype of the model (float32; bfloat16 only if its top-1 agrees with "
+                        "float32 on >= 99%% of noisy samples of the first images)")
+
+
+def apply_memory_args(args, classifier, data, chunk: int, sigmas=(), batch: int = 1, points: int = 1,
+                      batch_images: int = 1):
+    """The classifier in ``--dtype`` (behind :func:`rsjax.memory.cast_checked`) and the vote
+    chunk and batch that fit ``--memory-budget`` (:func:`rsjax.memory.plan`; unchanged without a
+    budget). Returns (classifier, chunk, batch, settings): ``settings`` holds what changes the
+    numbers ('dtype' when not float32, the derived 'chunk_size') for the run's configuration."""
+    from rsjax.memory import AGREEMENT_IMAGES, cast_checked, parse_budget, plan
+
+    settings: dict = {}
+    budget = parse_budget(args.memory_budget)
+    if budget is not None:
+        p = plan(arch=classifier.spec.name, budget=budget, vote_chunk=chunk, attack_batch=batch,
+                 data_bytes=int(np.asarray(data.images).nbytes), points=points, dtype=args.dtype,
+                 batch_images=batch_images)
+        if p.binds:
+            log(f"memory budget {p.budget_bytes / 2**30:.3g} GiB: vote chunk {p.vote_chunk}, batch {p.attack_batch}")
+        chunk, batch = p.vote_chunk, p.attack_batch
+    if args.dtype != "float32":
+        sig = tuple(s for s in sigmas if s is not None)
+        classifier, check = cast_checked(classifier, args.dtype, data.images[:AGREEMENT_IMAGES], sig,
+                                         name=classifier.spec.name, seed=args.seed,
+                                         batch_size=min(32, chunk))
+        log(f"{args.dtype}: top-1 agreement with float32 {check['agreement']:.2%} (checked)")
+        settings["dtype"] = args.dtype
+        settings["dtype_agreement"] = check["agreement"]
+    return classifier, chunk, batch, settings

@@ -76,9 +76,18 @@ class SweepConfig:
     noise: str = "hash"
     vote_chunk: int = 2048
     seed: int = 0
+    #: compute dtype of every model ('float32' or 'bfloat16', the latter behind the agreement
+    #: check of :func:`rsjax.memory.cast_checked`)
+    dtype: str = "float32"
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        # fields added later are left out at their default, so earlier run directories (and their
+        # config hashes) stay valid
+        for k, default in _LATER_DEFAULTS.items():
+            if d.get(k) == default:
+                d.pop(k)
+        return d
 
     def model_sigmas(self, entry: ModelEntry) -> tuple[float, ...]:
         return tuple(entry.sigmas) if entry.sigmas is not None else tuple(self.sigmas)
@@ -109,7 +118,11 @@ class SweepConfig:
         for a in self.attacks:
             if a not in ATTACKS:
                 raise InputError(f"unknown attack {a!r}; known: {', '.join(ATTACKS)}")
+        from rsjax.memory import check_dtype
+
+        check_dtype(self.dtype, "dtype")
         for name, v in (("max_queries", self.max_queries), ("n_images", self.n_images),
+                        ("vote_chunk", self.vote_chunk),
                         ("attack_batch", self.attack_batch), ("eval_images", self.eval_images),
                         ("certify_images", self.certify_images), ("certify_n0", self.certify_n0),
                         ("certify_n", self.certify_n), ("reference_n", self.reference_n)):
@@ -126,6 +139,11 @@ class SweepConfig:
 
         return VerifyConfig(calls=self.verify_calls, confidence=self.verify_confidence, power=self.verify_power,
                             rel_tol=self.verify_rel_tol).validate()
+
+
+#: fields of :class:`SweepConfig` added after configurations were first written, with the
+#: default that :meth:`SweepConfig.to_dict` leaves out
+_LATER_DEFAULTS = {"dtype": "float32"}
 
 
 def fmnist_models(sigma_train: float, eps: float, epochs: int | None = None, pgd_epochs: int | None = None,

@@ -26,6 +26,10 @@ def apply_fn(clf) -> Callable:
     """``(variables, x) -> logits`` of a :class:`rsjax.classifier.Classifier`'s architecture
     (the weights are an argument, not constants: one program serves every model)."""
     module = clf.spec.build()
+    dtype = getattr(clf, "dtype", "float32")
+    if dtype != "float32":  # variables already cast (Classifier.astype); inputs cast, logits float32
+        dt = jnp.dtype(dtype)
+        return lambda variables, x: module.apply(variables, x.astype(dt), train=False).astype(jnp.float32)
     return lambda variables, x: module.apply(variables, x, train=False)
 
 

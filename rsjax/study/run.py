@@ -106,6 +106,7 @@ class Study:
     my_certify: np.ndarray  # certified images of this process (its attacked ones included)
     lead: bool  # process 0 (writes accuracy and the report)
     stores: dict = field(default_factory=dict)  # 'accuracy', 'certify', 'reference', 'records' -> RecordStore
+    notes: dict = field(default_factory=dict)  # what goes to env.json (the dtype check)
 
 
 def open_study(config: SweepConfig, out: Path, log: Callable[[str], None], cache: Path | None) -> Study:
@@ -125,7 +126,11 @@ def open_study(config: SweepConfig, out: Path, log: Callable[[str], None], cache
         _write_json(out / "models.json", model_info)
         distributed.barrier("models")
     images, labels = data.images, data.labels
-    base_pred = {name: clf.predict(images) for name, clf in classifiers.items()}
+    notes = {}
+    if config.dtype != "float32":  # lower precision only behind the agreement check
+        classifiers, notes["dtype_check"] = _cast_models(config, classifiers, images, log)
+    # predictions in calls of at most vote_chunk rows (the memory plan's bound; 1024 by default)
+    base_pred = {name: clf.predict(images, min(1024, config.vote_chunk)) for name, clf in classifiers.items()}
     order = permutation(len(labels), config.seed)
     attacked = select_images({name: p == labels for name, p in base_pred.items()}, order, config.n_images)
     pos_last = int(np.flatnonzero(np.isin(order, attacked)).max())
@@ -139,7 +144,30 @@ def open_study(config: SweepConfig, out: Path, log: Callable[[str], None], cache
     stores = {"accuracy": RecordStore(out / "accuracy.jsonl")} if lead else {}
     stores.update({kind: RecordStore(out / f"{kind}{suffix}.jsonl") for kind in ("certify", "reference", "records")})
     return Study(config, out, images, labels, classifiers, base_pred, eval_ids, certify_ids,
-                 process_slice(attacked), certify_share(certify_ids, attacked), lead, stores)
+                 process_slice(attacked), certify_share(certify_ids, attacked), lead, stores, notes)
+
+
+def _cast_models(config: SweepConfig, classifiers: dict, images: np.ndarray, log) -> tuple[dict, dict]:
+    """Every model in ``config.dtype`` after :func:`rsjax.memory.cast_checked` (top-1 agreement
+    with float32 on noisy samples of the first test images at the model's sigmas)."""
+    from rsjax.memory import AGREEMENT_IMAGES, cast_checked
+
+    out, checks = {}, {}
+    for m in config.models:
+        out[m.name], checks[m.name] = cast_checked(
+            classifiers[m.name], config.dtype, images[:AGREEMENT_IMAGES], config.model_sigmas(m),
+            name=f"model {m.name!r}", seed=config.seed, batch_size=min(32, config.vote_chunk))
+        log(f"{m.name}: {config.dtype} agrees with float32 on {checks[m.name]['agreement']:.2%} of noisy samples")
+    return out, checks
+
+
+def _update_env(out: Path, **fields) -> None:
+    """Merge ``fields`` into ``env.json`` (the memory plan, the dtype check, the peak memory);
+    process i > 0 of a multi-process run writes its own ``env.p<i>.json``."""
+    path = out / ("env.json" if jax.process_index() == 0 else f"env.p{jax.process_index()}.json")
+    env = json.loads(path.read_text()) if path.exists() else {}
+    env.update(fields)
+    _write_json(path, env)
 
 
 def _append(store, make: Callable[[], list[dict]]) -> None:
@@ -276,9 +304,10 @@ def attack_tasks(st: Study) -> list[Task]:
     return sorted(tasks, key=lambda t: t.cost)
 
 
-def run_tasks(tasks: list[Task], progress: bool, max_tasks: int | None) -> tuple[int, int]:
-    """Run the tasks not done, in order (at most ``max_tasks`` of them); returns (tasks run,
-    tasks still missing)."""
+def run_tasks(tasks: list[Task], progress: bool, max_tasks: int | None,
+              on_task: Callable[[], None] | None = None) -> tuple[int, int]:
+    """Run the tasks not done, in order (at most ``max_tasks`` of them), calling ``on_task``
+    after each; returns (tasks run, tasks still missing)."""
     bar = _Progress(tasks, progress)
     new, left = 0, sum(1 for t in tasks if not t.done)
     try:
@@ -292,6 +321,8 @@ def run_tasks(tasks: list[Task], progress: bool, max_tasks: int | None) -> tuple
             new += 1
             left -= 1
             bar.finish(t.cost)
+            if on_task is not None:
+                on_task()
     finally:
         bar.close()
     return new, left
@@ -299,11 +330,13 @@ def run_tasks(tasks: list[Task], progress: bool, max_tasks: int | None) -> tuple
 
 def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = True,
               cache: str | os.PathLike | None = None, log: Callable[[str], None] = _log,
-              write_report: bool = True, max_tasks: int | None = None) -> Path:
+              write_report: bool = True, max_tasks: int | None = None, memory_plan: dict | None = None) -> Path:
     """Run (or resume) the sweep of ``config`` into ``out`` (see :mod:`rsjax.study`).
 
     A finished record is never recomputed; a changed configuration in ``out`` raises InputError.
-    ``max_tasks`` stops after that many newly computed tasks (for tests and partial runs)."""
+    ``max_tasks`` stops after that many newly computed tasks (for tests and partial runs).
+    ``memory_plan`` (:meth:`rsjax.memory.MemoryPlan.to_dict`, already applied to ``config``) goes
+    to ``env.json``, with the dtype check and, at each task's end, the peak memory."""
     from rsjax.results import environment_info, open_run_dir
 
     config.validate()
@@ -318,9 +351,18 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
             _write_json(out / "env.json", environment_info(config.seed))
         distributed.barrier("open")
     _event(out, event="start", time=time.time(), devices=[str(d) for d in jax.devices()])
+    from rsjax.memory import peak_memory
+
+    if memory_plan is not None:
+        _update_env(out, memory_plan=memory_plan)
     st = open_study(config, out, log, None if cache is None else Path(cache))
+    _update_env(out, **st.notes, peak_memory=peak_memory())
     tasks = stage_tasks(st) + attack_tasks(st)
-    new, left = run_tasks(tasks, progress and lead, max_tasks)  # one bar: process 0's share
+    try:
+        new, left = run_tasks(tasks, progress and lead, max_tasks,  # one bar: process 0's share
+                              on_task=lambda: _update_env(out, peak_memory=peak_memory()))
+    finally:
+        _update_env(out, peak_memory=peak_memory())
     # multi-process: every process's records are on disk before process 0 merges them (the
     # wall time below includes the wait for the slowest process: the job's time)
     distributed.publish("left", str(left))
