@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -128,7 +129,14 @@ def open_run_dir(out: str | os.PathLike, config: Mapping[str, Any]) -> Path:
     A different configuration in an existing directory is refused (InputError naming the
     differing keys): results of two configurations never mix in one directory."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; the sweep writes a run directory there")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".probe.", delete=True)  # can files go there?
+        probe.close()
+    except OSError as e:
+        raise InputError(f"--out {out} cannot be used as the run directory: {e.strerror or e}") from None
     cfg_path = out / "config.json"
     new = json.loads(dumps(config))
     if cfg_path.exists():

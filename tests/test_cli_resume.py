@@ -301,10 +301,12 @@ def _commands(tmp_path: Path, out: str) -> dict[str, list[str]]:
                    "--queries", "10", "--out", out],
         "convert": ["convert", "--arch", "cifar_resnet20", "--weights", str(_torch_like_weights(tmp_path / "w.pth")),
                     "--out", out],
+        "train": ["train", "--arch", "fmnist_mlp", "--dataset", "fashion-mnist", "--limit", "10", "--epochs", "1",
+                  "--init", missing, "--out", out],
     }
 
 
-@pytest.mark.parametrize("command", ["certify", "attack", "convert"])
+@pytest.mark.parametrize("command", ["certify", "attack", "convert", "train"])
 @pytest.mark.parametrize("where", ["directory", "proc"])
 def test_unwritable_out_exits_2_naming_the_path(tmp_path, capsys, command, where):
     out = str(tmp_path) if where == "directory" else "/proc/forbidden/x.out"
@@ -315,7 +317,7 @@ def test_unwritable_out_exits_2_naming_the_path(tmp_path, capsys, command, where
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only directory")
-@pytest.mark.parametrize("command", ["certify", "attack", "convert"])
+@pytest.mark.parametrize("command", ["certify", "attack", "convert", "train"])
 def test_out_in_read_only_directory_exits_2(tmp_path, capsys, command):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -335,6 +337,30 @@ def test_unwritable_out_from_the_shell(tmp_path, cache):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "Traceback" not in p.stderr and "/proc/forbidden/x.log" in p.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "proc", "read-only"])
+def test_sweep_out_that_cannot_be_a_run_directory_exits_2(tmp_path, cache, where):
+    """The sweep's --out: a file, a path under /proc, a read-only directory -> exit 2 naming it,
+    before any model is trained or loaded."""
+    if where == "read-only" and os.geteuid() == 0:
+        pytest.skip("root may write into a read-only directory")
+    out = {"file": tmp_path / "f.txt", "proc": Path("/proc/forbidden/run"), "read-only": tmp_path / "ro"}[where]
+    if where == "file":
+        out.write_text("not a directory\n")
+    if where == "read-only":
+        out.mkdir()
+        out.chmod(0o500)
+    try:
+        p = subprocess.run([sys.executable, str(REPO / "experiments" / "sweep.py"), "--preset", "smoke",
+                            "--no-progress", "--out", str(out)], env=_env(cache), capture_output=True,
+                           text=True, timeout=300)
+    finally:
+        if where == "read-only":
+            out.chmod(0o700)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and f"--out {out}" in p.stderr
+    assert "training" not in p.stderr and "reusing cached checkpoint" not in p.stderr
 
 
 # ---------------------------------------------------------------------- convert --weights checks

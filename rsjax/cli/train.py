@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from rsjax.cli.common import emit_json, log
+from rsjax.cli.common import check_writable, emit_json, log
 
 
 def register(subparsers) -> None:
@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from rsjax.train import TrainConfig, train
 
     started = time.perf_counter()
+    check_writable(args.out)  # before any data is read: the checkpoint, its .best and .resume go there
     arch = init_arch(args.init, args.arch)
     image_size = None if arch is None else get_model_spec(arch).input_shape[0]
     train_data = load_dataset(args.dataset, data_dir=args.data_dir, limit=args.limit, image_size=image_size,
