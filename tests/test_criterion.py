@@ -108,3 +108,11 @@ def test_every_kind_has_a_note():
 
     assert set(NOTES) == set(KINDS)
     assert Criterion("level", 0.5).note == NOTES["level"]
+
+
+def test_the_study_configuration_names_the_same_criteria():
+    from rsjax import criterion
+    from rsjax.study import config
+
+    assert set(config.CRITERIA) == set(criterion.CRITERIA)
+    assert set(config.REFERENCES) == set(criterion.REFERENCES)

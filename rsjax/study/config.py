@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 from rsjax.errors import InputError
 
+# rsjax.criterion's kinds and references, restated so that reading a configuration needs no JAX
+# (tests/test_criterion.py checks they are the same)
 CRITERIA = ("level", "label")
 REFERENCES = ("smoothed", "true")
 
