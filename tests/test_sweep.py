@@ -380,3 +380,42 @@ def test_given_checkpoints_replace_models(tmp_path):
     save_checkpoint(path, "fmnist_mlp", clf.variables, {"note": "changed"})
     with pytest.raises(InputError, match="changed"):
         sweep.prepare_models(cfg, lambda s: None, tmp_path)
+
+
+def _sweep_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_script", REPO / "experiments" / "sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--sigmas", "-1"], "got -1.0"),
+    (["--sigmas", "0"], "got 0.0"),
+    (["--ns", "0"], "n must be an integer >= 1, got 0"),
+    (["--level-ns", "0"], "got 0"),
+    (["--pas", "1.5"], "P_a must lie in the open interval (0, 1), got 1.5"),
+    (["--pas", "0"], "got 0.0"),
+    (["--queries", "0"], "max_queries must be an integer >= 1, got 0"),
+    (["--images", "0"], "n_images must be an integer >= 1, got 0"),
+    (["--eval-images", "-5"], "got -5"),
+    (["--certify-n", "0"], "certify_n must be an integer >= 1, got 0"),
+    (["--reference-n", "0"], "reference_n must be an integer >= 1, got 0"),
+    (["--verify-calls", "0"], "got 0"),
+    (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    (["--attacks", "foo"], "unknown attack 'foo'"),
+    (["--checkpoint", "foo"], "--checkpoint takes NAME=PATH, got 'foo'"),
+    (["--checkpoint", "a=/nonexistent/w.ckpt"], "/nonexistent/w.ckpt"),
+    (["--data", "npz:/nonexistent/d.npz"], "/nonexistent/d.npz"),
+])
+def test_bad_sweep_flags_exit_2_naming_the_value(tmp_path, capsys, flags, named):
+    """Each of the sweep's own flags, given a bad value: exit status 2 and one message naming it,
+    before any model is trained."""
+    main = _sweep_main()
+    argv = ["--preset", "smoke", "--no-progress", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    assert main(argv + flags) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert "training" not in err
