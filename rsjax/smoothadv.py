@@ -54,7 +54,7 @@ import numpy as np
 
 from rsjax.errors import InputError, check_int_at_least, check_open_unit, check_positive
 from rsjax.geometry import bcast, xla_l2_norm
-from rsjax.whitebox import _unit
+from rsjax.whitebox import check_ddn_inputs, ddn_step
 from rsjax.xla_options import jit
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -113,11 +113,8 @@ def _smoothadv_jit(logits_fn, x, y, keys, sigma, *, m, steps, resample, gamma, i
         best = jnp.where(bcast(better, x), delta, best)
         best_l2 = jnp.where(better, l2, best_l2)
         best_w = jnp.where(better, wrong, best_w)
-        alpha = alpha_min + 0.5 * (alpha_max - alpha_min) * (1.0 + jnp.cos(jnp.pi * k / steps))
-        moved = delta + alpha * _unit(g, jnp.zeros_like(g))
-        eps_r = jnp.where(adv, eps_r * (1.0 - gamma), eps_r * (1.0 + gamma))
-        direction = _unit(moved, _unit(delta, jnp.zeros_like(delta)))
-        delta = jnp.clip(x + bcast(eps_r, x) * direction, 0.0, 1.0) - x
+        delta, eps_r = ddn_step(x, delta, eps_r, g, adv, k, steps=steps, gamma=gamma, alpha_max=alpha_max,
+                                alpha_min=alpha_min)
         return delta, eps_r, best, best_l2, best_w
 
     init = (jnp.zeros_like(x), jnp.full((b,), init_norm, jnp.float32), jnp.zeros_like(x),
@@ -161,18 +158,10 @@ def smoothadv_minimal(
     check_int_at_least("m", m, 1)
     check_int_at_least("steps", steps, 1)
     check_open_unit("target", target)
-    check_positive("init_norm", init_norm)
-    check_positive("alpha_max", alpha_max)
-    check_positive("alpha_min", alpha_min)
     check_positive("min_norm", min_norm)
     if not 0.0 < shrink <= 1.0:
         raise InputError(f"shrink must lie in (0, 1], got {shrink!r}")
-    if not 0.0 < gamma < 1.0:
-        raise InputError(f"gamma must lie in (0, 1), got {gamma!r}")
-    x = jnp.asarray(x, jnp.float32)
-    if x.ndim != 4:
-        raise InputError(f"x must be [B, H, W, C], got shape {tuple(x.shape)}")
-    y = jnp.asarray(y, jnp.int32).reshape(-1)
+    x, y = check_ddn_inputs(x, y, gamma=gamma, init_norm=init_norm, alpha_max=alpha_max, alpha_min=alpha_min)
     if y.shape[0] != x.shape[0] or keys.shape[0] != x.shape[0]:
         raise InputError(f"need one label and one key per image: {x.shape[0]} images, {y.shape[0]} labels, "
                          f"{keys.shape[0]} keys")

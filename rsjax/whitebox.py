@@ -60,6 +60,21 @@ def _unit(v: jax.Array, fallback: jax.Array) -> jax.Array:
     return safe_normalize(v, fallback, norm=xla_l2_norm)
 
 
+def ddn_step(x: jax.Array, delta: jax.Array, eps: jax.Array, g: jax.Array, adv: jax.Array, k, *, steps: int,
+             gamma: float, alpha_max: float, alpha_min: float) -> tuple[jax.Array, jax.Array]:
+    """One DDN update (module docstring, stage 1) of step k of ``steps``: the step
+    alpha_k g / ||g|| with the cosine-annealed alpha_k, the radius eps shrunk by (1 - gamma) where
+    x + delta is adversarial (``adv``) and grown by (1 + gamma) elsewhere, the new delta of norm
+    eps along delta~ (along delta where delta~ = 0), clipped to the [0, 1] box.
+    Returns (delta_k+1, eps_k+1). Shared by DDN on f and by SmoothAdv on the soft classifier."""
+    alpha = alpha_min + 0.5 * (alpha_max - alpha_min) * (1.0 + jnp.cos(jnp.pi * k / steps))
+    step = _unit(g, jnp.zeros_like(g))
+    moved = delta + alpha * step
+    eps = jnp.where(adv, eps * (1.0 - gamma), eps * (1.0 + gamma))
+    direction = _unit(moved, _unit(delta, jnp.zeros_like(delta)))
+    return jnp.clip(x + bcast(eps, x) * direction, 0.0, 1.0) - x, eps
+
+
 @partial(jit, static_argnames=("logits_fn", "steps", "refine_iterations"))
 def _ddn_jit(logits_fn, x, y, *, steps, gamma, init_norm, alpha_max, alpha_min, refine_iterations,
              refine_tol):
@@ -77,12 +92,8 @@ def _ddn_jit(logits_fn, x, y, *, steps, gamma, init_norm, alpha_max, alpha_min, 
         adv = jnp.argmax(logp, axis=-1) != y
         l2 = xla_l2_norm(delta)
         best, best_l2 = keep_better(adv & (l2 < best_l2), x + delta, best, (l2, best_l2))
-        alpha = alpha_min + 0.5 * (alpha_max - alpha_min) * (1.0 + jnp.cos(jnp.pi * k / steps))
-        step = _unit(g, jnp.zeros_like(g))
-        moved = delta + alpha * step
-        eps = jnp.where(adv, eps * (1.0 - gamma), eps * (1.0 + gamma))
-        direction = _unit(moved, _unit(delta, jnp.zeros_like(delta)))
-        delta = jnp.clip(x + bcast(eps, x) * direction, 0.0, 1.0) - x
+        delta, eps = ddn_step(x, delta, eps, g, adv, k, steps=steps, gamma=gamma, alpha_max=alpha_max,
+                              alpha_min=alpha_min)
         return delta, eps, best, best_l2
 
     init = (jnp.zeros_like(x), jnp.full((b,), init_norm, jnp.float32), x,
@@ -115,6 +126,21 @@ def _ddn_jit(logits_fn, x, y, *, steps, gamma, init_norm, alpha_max, alpha_min, 
     return x_adv, found | misclassified, misclassified
 
 
+def check_ddn_inputs(x, y, *, gamma: float, init_norm: float, alpha_max: float,
+                     alpha_min: float) -> tuple[jax.Array, jax.Array]:
+    """DDN's settings checked (gamma in (0, 1), positive init_norm and step sizes; InputError
+    naming the value) and (x as float32 [B, H, W, C], y as int32 [B'])."""
+    check_positive("init_norm", init_norm)
+    check_positive("alpha_max", alpha_max)
+    check_positive("alpha_min", alpha_min)
+    if not 0.0 < gamma < 1.0:
+        raise InputError(f"gamma must lie in (0, 1), got {gamma!r}")
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim != 4:
+        raise InputError(f"x must be [B, H, W, C], got shape {tuple(x.shape)}")
+    return x, jnp.asarray(y, jnp.int32).reshape(-1)
+
+
 def minimal_l2_adversarial(
     logits_fn: LogitsFn,
     x,
@@ -135,16 +161,8 @@ def minimal_l2_adversarial(
     x_adv = x and l2 = 0; images where no adversarial is found keep x_adv = x and l2 = inf."""
     check_int_at_least("steps", steps, 1)
     check_int_at_least("refine_iterations", refine_iterations, 0)
-    check_positive("init_norm", init_norm)
     check_positive("refine_tol", refine_tol)
-    check_positive("alpha_max", alpha_max)
-    check_positive("alpha_min", alpha_min)
-    if not 0.0 < gamma < 1.0:
-        raise InputError(f"gamma must lie in (0, 1), got {gamma!r}")
-    x = jnp.asarray(x, jnp.float32)
-    if x.ndim != 4:
-        raise InputError(f"x must be [B, H, W, C], got shape {tuple(x.shape)}")
-    y = jnp.asarray(y, jnp.int32).reshape(-1)
+    x, y = check_ddn_inputs(x, y, gamma=gamma, init_norm=init_norm, alpha_max=alpha_max, alpha_min=alpha_min)
     if y.shape[0] != x.shape[0]:
         raise InputError(f"need one label per image: {x.shape[0]} images, {y.shape[0]} labels")
     x_adv, success, mis = _ddn_jit(logits_fn, x, y, steps=steps, gamma=jnp.float32(gamma),
