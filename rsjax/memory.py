@@ -146,13 +146,30 @@ def default_budget(device=None) -> int:
     return int(CPU_FRACTION * ram)
 
 
+def _vm_hwm() -> int | None:
+    """``VmHWM`` of /proc/self/status in bytes (Linux): the peak resident set of this program
+    since it was exec'ed. None where there is no /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def peak_memory() -> dict[str, Any]:
-    """This process's peak resident memory (``ru_maxrss``) and, on an accelerator, the device's
-    peak bytes in use, for ``env.json``."""
+    """This process's peak resident memory and, on an accelerator, the device's peak bytes in
+    use, for ``env.json``. On Linux the peak is ``VmHWM`` (this program's own high-water mark):
+    ``ru_maxrss`` is not used there because a process started by fork + exec inherits its
+    parent's maximum (a sweep started from a large Python process would report the parent's)."""
     import jax
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss = rss if sys.platform == "darwin" else rss * 1024
+    rss = _vm_hwm()
+    if rss is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss = rss if sys.platform == "darwin" else rss * 1024
     out: dict[str, Any] = {"peak_rss_bytes": int(rss), "peak_rss_gib": round(rss / GiB, 3)}
     dev = jax.local_devices()[0]
     if dev.platform != "cpu":

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import jax
@@ -175,3 +176,25 @@ def test_cli_certify_and_attack_take_budget_and_dtype(tmp_path, capsys):
                  "--queries", "20", "--memory-budget", "0.8", "--out", str(tmp_path / "r.jsonl")]) == 0
     cfg = json.loads(config_sidecar(tmp_path / "r.jsonl").read_text())
     assert "dtype" not in cfg and cfg["chunk_size"] >= 1 and cfg["batch_size"] >= 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_peak_memory_is_the_program_s_own_not_its_parent_s():
+    """ru_maxrss survives fork + exec (a sweep started by a large process would report the
+    parent's peak); peak_memory reports the started program's own high-water mark."""
+    parent = textwrap.dedent("""
+        import json, resource, subprocess, sys
+        big = bytearray(800 << 20)
+        for i in range(0, len(big), 4096):
+            big[i] = 1
+        child = "import json; from rsjax.memory import peak_memory; print(json.dumps(peak_memory()))"
+        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout
+        raw = "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+        inherited = int(subprocess.run([sys.executable, "-c", raw], capture_output=True, text=True).stdout)
+        print(json.dumps({"child": json.loads(out), "inherited": inherited}))
+    """)
+    p = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["inherited"] > 700 << 20  # what ru_maxrss would have said
+    assert got["child"]["peak_rss_bytes"] < 600 << 20
