@@ -29,9 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared/data")
+SHARED = Path(os.environ.get("RSJAX_SHARED", ROOT.parent / "shared")) / "data"  # ../shared beside the repo
 sys.path.insert(0, str(ROOT))
 
 #: name -> (arch, budget GiB, n votes per image, images, shared weights, converter arch, data spec)
