@@ -16,6 +16,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rsjax.cli import main
@@ -381,3 +382,96 @@ def test_convert_names_a_weights_file_of_the_wrong_kind(tmp_path, capsys, name, 
     assert not out.exists()
     assert main(["convert", "--arch", "cifar_resnet20", "--weights", str(tmp_path), "--out", str(out)]) == 2
     assert f"--weights {tmp_path} is not a file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ --verify-pa
+
+def test_attack_verify_pa_reports_verified_distortions(attack_ref, model, fmnist_dir, tmp_path, capsys):
+    """--verify-pa 0.5 0.8: the attack's own fields are those of the run without it (the
+    evaluator is never charged to the attack), each attacked image gets one verification per
+    level, a verified point lies on the ray at t >= 1 (never nearer than the raw output), the
+    summary's medians are those of the per-image values (unverified = inf); a rerun on the same
+    --out resumes everything and reports the same; another --verify-pa on that file is refused."""
+    rec = tmp_path / "v.jsonl"
+    argv = _attack_argv(model, fmnist_dir, rec, "--verify-pa", "0.5", "0.8")
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    fields = ("index", "label", "status", "success", "l2", "linf", "queries", "evaluations")
+    assert [{k: im[k] for k in fields} for im in out["images"]] == attack_ref[1]["images"]
+    attacked = [im for im in out["images"] if im["status"] == "attacked"]
+    assert attacked
+    for im in out["images"]:
+        assert [v["p_a"] for v in im["verified"]] == [0.5, 0.8]
+        for v in im["verified"]:
+            if v["verified"]:
+                assert im["status"] == "attacked" and v["l2"] >= im["l2"] * (1 - 1e-5)
+                assert 0 < v["level_calls"] <= 100 and v["calls"] >= v["level_calls"]
+            else:
+                assert v["l2"] is None and v["linf"] is None
+    for k, s in enumerate(out["summary"]["verified"]):
+        d = [np.inf if im["verified"][k]["l2"] is None else im["verified"][k]["l2"] for im in attacked]
+        med = float(np.median(d))
+        assert s["n_attacked"] == len(attacked)
+        assert s["n_verified"] == sum(im["verified"][k]["verified"] for im in attacked)
+        assert (s["median_l2"] is None and not np.isfinite(med)) or s["median_l2"] == pytest.approx(med)
+    assert any(v["verified"] for im in attacked for v in im["verified"])
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["summary"]["n_resumed"] == N_ATTACK and again["images"] == out["images"]
+    assert again["summary"]["verified"] == out["summary"]["verified"]
+    assert main(_attack_argv(model, fmnist_dir, rec, "--verify-pa", "0.5")) == 2
+    assert "verify_pa: [0.5, 0.8] -> [0.5]" in capsys.readouterr().err
+
+
+def test_verify_rows_equal_one_verification_per_level():
+    """The CLI's batched verification of several levels (items of one image share their calls'
+    randomness) equals one rsjax.verify.verify_attack call per level with the sweep's verify key
+    stream, on HSJA's outputs against g_{sigma,n} of a linear classifier."""
+    import argparse
+
+    import jax
+
+    from rsjax.attacks import get_attack
+    from rsjax.cli.attack import verify_rows
+    from rsjax.models.linear import linear_logits_fn
+    from rsjax.oracle import SmoothedOracle
+    from rsjax.study.tasks import STREAM_VERIFY, stream_key
+    from rsjax.verify import VerifyConfig, verify_attack
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(6, 6, 1)).astype(np.float32)
+    w /= np.linalg.norm(w)
+    x = (0.5 + 0.05 * rng.uniform(-1, 1, size=(3, 6, 6, 1))).astype(np.float32)
+    b = -float((x.reshape(3, -1) @ w.ravel()).max()) - 0.3
+    oracle = SmoothedOracle(linear_logits_fn(w, b), 2, 0.25, 4)
+    y, ids = np.zeros(3, np.int64), np.array([4, 9, 2])
+    res = get_attack("hsja").run(oracle, x, y, 3, 150, image_ids=ids, check_clean=False)
+    args = argparse.Namespace(verify_pa=[0.5, 0.8], verify_calls=50, seed=3)
+    rows = verify_rows(args, oracle, x, res, y, ids)
+    for k, p in enumerate(args.verify_pa):
+        v = verify_attack(oracle, x, res.x_adv, y, p, stream_key(3, STREAM_VERIFY), image_ids=ids,
+                          config=VerifyConfig(calls=50))
+        for i in range(3):
+            got = rows[i][k]
+            assert got["verified"] == bool(v.verified[i]) and got["calls"] == int(v.calls[i])
+            assert got["l2"] == (float(v.l2[i]) if v.verified[i] else None)
+            assert got["level"] == float(v.level[i])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--verify-pa", "1.5"], "--verify-pa"),
+    (["--verify-pa", "0.5", "0.5"], "repeated"),
+    (["--verify-pa", "0.5", "--verify-calls", "0"], "--verify-calls"),
+])
+def test_attack_verify_bad_values(model, fmnist_dir, tmp_path, capsys, extra, message):
+    assert main(_attack_argv(model, fmnist_dir, tmp_path / "x.jsonl", *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_attack_verify_needs_sigma(model, fmnist_dir, tmp_path, capsys):
+    argv = [a for a in _attack_argv(model, fmnist_dir, tmp_path / "x.jsonl", "--verify-pa", "0.5")]
+    for flag in ("--sigma", "--n"):
+        i = argv.index(flag)
+        del argv[i:i + 2]
+    assert main(argv) == 2
+    assert "--verify-pa 0.5 needs --sigma" in capsys.readouterr().err

@@ -15,6 +15,18 @@ attack and its options, queries, smoothing, seed, batch size) in the sidecar
 killed run's file keeps its records and attacks only the batches with images missing; another
 configuration on the same file is refused (exit 2). Image i's randomness derives from
 fold_in(seed, i) and the batches are those of an uninterrupted run, so the records are the same.
+
+Against a smoothed classifier an attack's output answered "adversarial" once, which is not an
+adversarial example of the random classifier g_{S,N}. ``--verify-pa P [P ...]`` verifies each
+output of an attacked image as the sweep does (:mod:`rsjax.verify`): the verified distortion is
+that of the nearest point on the ray x_o + t (x_a - x_o), t >= 1, whose level -- the probability
+that one call of g_{S,N} answers a label other than the true one -- a sequential Clopper-Pearson
+test (at most ``--verify-calls`` calls a point) has shown to be >= P; inf when no point up to the
+[0,1] box passes. The evaluator's calls are not charged to the attack, its keys derive from
+``--seed`` (stream 6, as the sweep's) and the image index, so a rerun or a resumed run gives
+the same numbers. Per image: ``verified`` [{p_a, verified, l2, linf, level, level_low,
+level_high, level_calls, calls}]; the summary adds each P's verified count and median verified
+distortion with its 95 % bootstrap interval (unverified images count as inf).
 """
 from __future__ import annotations
 
@@ -31,7 +43,7 @@ from rsjax.cli.common import (add_data_args, add_memory_args, apply_memory_args,
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "attack",
-        help="decision-based attack (hsja | surfree | rays) on a plain or smoothed classifier",
+        help="decision-based attack (hsja | surfree | rays, or the noise-aware psj | rays_na | surfree_na) on a plain or smoothed classifier",
         description="Attack the images of --data with a decision-based black-box attack under a "
                     "query budget, against the base classifier or its randomized smoothing.",
     )
@@ -53,6 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--criterion", choices=("label", "level"), default="label",
                    help="label: voted label != y; level: >= ceil(n*P_a) wrong votes (default label)")
     g.add_argument("--pa", type=float, default=None, metavar="P", help="level P_a for --criterion level")
+    g.add_argument("--verify-pa", type=float, nargs="+", default=None, metavar="P",
+                   help="verify each output: distortion of the nearest point on its ray whose level (P[g's "
+                        "label != true label]) is shown >= P, for each P given (needs --sigma)")
+    g.add_argument("--verify-calls", type=int, default=100, metavar="M",
+                   help="most calls of g spent testing one point when verifying (100)")
     p.add_argument("--seed", type=int, default=0, help="root seed; image i uses fold_in(seed, i) (0)")
     p.add_argument("--batch-size", type=int, default=64, help="images attacked together (64)")
     p.add_argument("--out", default=None, metavar="RECORDS.jsonl",
@@ -73,6 +90,9 @@ def build_oracle(args: argparse.Namespace, classifier, chunk_size: int = 1024):
                 raise InputError(f"{flag}={value} needs --sigma (randomized smoothing)")
         if args.criterion != "label":
             raise InputError(f"--criterion {args.criterion} needs --sigma (randomized smoothing)")
+        if args.verify_pa is not None:
+            raise InputError(f"--verify-pa {' '.join(map(str, args.verify_pa))} needs --sigma: against the "
+                             "base classifier every reported output is already adversarial")
         return ModelOracle(classifier.logits_fn, classifier.num_classes, name=classifier.spec.name)
     if args.n is None:
         raise InputError("--sigma needs --n (number of noisy samples per query)")
@@ -86,6 +106,64 @@ def _finite(v: float) -> float | None:
 
 #: the per-image fields of ``--json``'s ``images`` and of each ``--out`` record
 IMAGE_FIELDS = ("index", "label", "status", "success", "l2", "linf", "queries", "evaluations")
+
+
+def check_verify_args(args: argparse.Namespace) -> None:
+    """--verify-pa values in (0, 1), distinct; --verify-calls >= 1."""
+    from rsjax.errors import InputError, check_int_at_least, check_open_unit
+
+    check_int_at_least("--verify-calls", args.verify_calls, 1)
+    if args.verify_pa is None:
+        return
+    for p in args.verify_pa:
+        check_open_unit("--verify-pa", p)
+    if len(set(args.verify_pa)) != len(args.verify_pa):
+        raise InputError(f"--verify-pa {' '.join(map(str, args.verify_pa))}: a level is repeated")
+
+
+def verify_rows(args: argparse.Namespace, oracle, x, res, labels, ids) -> list[list[dict]]:
+    """Per image, one dict per --verify-pa level: the verification (:func:`rsjax.verify.verify_rays`,
+    label criterion, reference = the true label) of the output of each attacked image; images
+    not attacked, or without an adversarial output, are not verified (l2/linf None = inf).
+    Items of one image share their calls' randomness (common random numbers along the ray)."""
+    from rsjax.study.tasks import STREAM_VERIFY, stream_key
+    from rsjax.verify import VerifyConfig, oracle_decide, verify_rays
+
+    pas = [float(p) for p in args.verify_pa]
+    rows = [[{"p_a": p, "verified": False, "l2": None, "linf": None, "level": None, "level_low": None,
+              "level_high": None, "level_calls": 0, "calls": 0} for p in pas] for _ in range(len(ids))]
+    ok = np.flatnonzero((res.status == "attacked") & res.success)
+    if len(ok) == 0:
+        return rows
+    decide, deterministic = oracle_decide(oracle)
+    item = np.repeat(ok, len(pas))
+    v = verify_rays(decide, np.asarray(x)[item], res.x_adv[item], np.asarray(labels)[item],
+                    np.tile(pas, len(ok)), np.asarray(ids)[item], stream_key(args.seed, STREAM_VERIFY),
+                    VerifyConfig(calls=args.verify_calls), deterministic)
+    for j, (i, k) in enumerate(zip(item, np.tile(np.arange(len(pas)), len(ok)))):
+        rows[i][k].update({"verified": bool(v.verified[j]), "l2": _finite(v.l2[j]), "linf": _finite(v.linf[j]),
+                           "level": float(v.level[j]), "level_low": float(v.level_low[j]),
+                           "level_high": float(v.level_high[j]), "level_calls": int(v.level_calls[j]),
+                           "calls": int(v.calls[j])})
+    return rows
+
+
+def summarize_verified(images: list[dict], pas: list[float]) -> list[dict]:
+    """Per level: attacked images, how many verified, the median verified L2 / L-inf over the
+    attacked images (unverified = inf) with its 95 % bootstrap interval (None = inf / undefined)."""
+    from rsjax.intervals import median_interval
+
+    att = [im for im in images if im["status"] == "attacked"]
+    out = []
+    for k, p in enumerate(pas):
+        row = {"p_a": p, "n_attacked": len(att), "n_verified": sum(im["verified"][k]["verified"] for im in att)}
+        for norm in ("l2", "linf"):
+            d = np.array([np.inf if im["verified"][k][norm] is None else im["verified"][k][norm] for im in att])
+            iv = median_interval(d)
+            row.update({f"median_{norm}": _finite(iv.estimate), f"median_{norm}_low": _finite(iv.low),
+                        f"median_{norm}_high": _finite(iv.high)})
+        out.append(row)
+    return out
 
 
 def image_rows(res, ids, labels) -> list[dict]:
@@ -144,7 +222,12 @@ def attack_missing(args: argparse.Namespace, atk, oracle, data, done: dict, writ
         res = atk.run(oracle, data.images[batch], data.labels[batch], args.seed, args.queries,
                       image_ids=data.ids[batch], batch_size=args.batch_size,
                       progress=lambda d, n, base=base: log(f"  {base + d}/{len(ids)} images done"))
-        new = [im for im in image_rows(res, data.ids[batch], data.labels[batch]) if im["index"] not in done]
+        rows = image_rows(res, data.ids[batch], data.labels[batch])
+        if args.verify_pa is not None:
+            for im, ver in zip(rows, verify_rows(args, oracle, data.images[batch], res, data.labels[batch],
+                                                 data.ids[batch])):
+                im["verified"] = ver
+        new = [im for im in rows if im["index"] not in done]
         write(new)
         done.update((im["index"], im) for im in new)
 
@@ -162,6 +245,7 @@ def attack(args: argparse.Namespace) -> dict:
 
     check_int_at_least("--queries", args.queries, 1)
     check_int_at_least("--batch-size", args.batch_size, 1)
+    check_verify_args(args)
     if args.limit is not None:
         check_int_at_least("--limit", args.limit, 1)
     out_path = check_writable(args.out) if args.out else None
@@ -182,6 +266,10 @@ def attack(args: argparse.Namespace) -> dict:
     config = run_config(args, classifier, data, attack=args.attack, attack_options=dataclasses.asdict(atk.config),
                         queries=args.queries, sigma=args.sigma, n=args.n, criterion=criterion, p_a=args.pa,
                         seed=args.seed, batch_size=args.batch_size, **extra)
+    fields = IMAGE_FIELDS
+    if args.verify_pa is not None:
+        config.update(verify_pa=[float(p) for p in args.verify_pa], verify_calls=args.verify_calls)
+        fields = IMAGE_FIELDS + ("verified",)
     setting = {"arch": classifier.spec.name, "checkpoint": str(args.checkpoint),
                "checkpoint_sha256": config["checkpoint_sha256"], "data": data.spec, "attack": args.attack,
                "queries": args.queries, "sigma": args.sigma, "n": args.n, "criterion": criterion,
@@ -193,8 +281,11 @@ def attack(args: argparse.Namespace) -> dict:
     done = {}
     if store is not None:
         by_key = {r["key"]: r for r in store}
-        done = {i: {k: by_key[key(i)][k] for k in IMAGE_FIELDS} for i in ids if key(i) in by_key}
+        done = {i: {k: by_key[key(i)][k] for k in fields} for i in ids if key(i) in by_key}
     resumed = len(done)
+    if args.sigma is not None and args.verify_pa is None:
+        log("note: distortions are raw (a point g answered 'adversarial' once, not an adversarial example of "
+            "the random g); --verify-pa 0.5 reports verified ones")
     log(f"{args.attack} on {len(data)} images of {data.spec}, {args.queries} queries, oracle {oracle.name}"
         + (f" (resuming: {resumed} already in {args.out})" if resumed else ""))
 
@@ -214,6 +305,9 @@ def attack(args: argparse.Namespace) -> dict:
         "oracle": oracle.name, "sigma": args.sigma, "n": args.n, "criterion": criterion, "p_a": args.pa,
         "seed": args.seed, "config": dataclasses.asdict(atk.config),
     })
+    if args.verify_pa is not None:
+        summary["verified"] = summarize_verified(images, [float(p) for p in args.verify_pa])
+        summary["verify_calls"] = args.verify_calls
     for k in list(summary):
         if isinstance(summary[k], float):
             summary[k] = _finite(summary[k])
@@ -232,12 +326,18 @@ def run(args: argparse.Namespace) -> int:
     for im in out["images"]:
         l2 = "-" if im["l2"] is None else f"{im['l2']:.4f}"
         linf = "-" if im["linf"] is None else f"{im['linf']:.5f}"
+        ver = "".join(f" verified@{v['p_a']:g} l2 {'-' if v['l2'] is None else format(v['l2'], '.4f')}"
+                      for v in im.get("verified", []))
         print(f"image {im['index']:5d} label {im['label']:3d} {im['status']:13s} l2 {l2:>8s} "
-              f"linf {linf:>8s} queries {im['queries']:6d} evaluations {im['evaluations']:9d}")
+              f"linf {linf:>8s} queries {im['queries']:6d} evaluations {im['evaluations']:9d}{ver}")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     print(f"{s['attack']} vs {s['oracle']}: {s['n_attacked']} attacked, {s['n_misclassified']} misclassified, "
           f"{s['n_no_start']} without start; success rate {fmt(s['success_rate'], '.3f')}; "
           f"median L2 {fmt(s['median_l2'], '.4f')}, mean L2 {fmt(s['mean_l2'], '.4f')}; "
           f"max queries used {s['max_queries_used']}/{s['max_queries']}; "
           f"{fmt(s['wall_s_per_image'], '.3f')} s/image")
+    for v in s.get("verified", []):
+        print(f"verified at P_a = {v['p_a']:g}: {v['n_verified']}/{v['n_attacked']} attacked images; median "
+              f"verified L2 {fmt(v['median_l2'], '.4f')} [95 % {fmt(v['median_l2_low'], '.4f')}, "
+              f"{fmt(v['median_l2_high'], '.4f')}] (unverified = inf, shown -)")
     return 0
