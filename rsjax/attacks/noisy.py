@@ -178,6 +178,7 @@ class SearchResult(NamedTuple):
     queries: jax.Array  # [B] int32 queries this search spent
     any_adv: jax.Array  # [B] bool some answer was adversarial
     min_adv: jax.Array  # [B] smallest a answered adversarial (1 when none)
+    disagreed: jax.Array  # [B] bool one edge was answered both ways: the oracle is random
 
 
 def prob_bisection(oracle, env: AttackEnv, core: AttackCore, point: Callable[[jax.Array], jax.Array],
@@ -203,28 +204,42 @@ def prob_bisection(oracle, env: AttackEnv, core: AttackCore, point: Callable[[ja
         return pst.hi - pst.lo <= wid
 
     def cond(c):
-        i, live, contra, n, _, _, _ = c
+        i, live, contra, n = c[:4]
         return (i < max_queries) & jnp.any(live)
 
     def body(c):
-        i, live, contra, n, any_adv, min_adv, core_ = c
+        i, live, contra, n, any_adv, min_adv, seen, core_ = c
         k = _query_edge(contra, n, log_prior, p_hyp, grid)
         a = k.astype(jnp.float32) / grid
         out = query_one(oracle, env, core_, point(a), live)
         contra = update_counts(contra, k, out.adversarial, out.sent)
+        seen = record_answer(seen, k, out.adversarial, out.sent)
         n = n + out.sent.astype(jnp.int32)
         any_adv = any_adv | out.adversarial
         min_adv = jnp.where(out.adversarial, jnp.minimum(min_adv, a), min_adv)
         live = live & out.sent & ~converged(contra, n)
-        return i + 1, live, contra, n, any_adv, min_adv, out.core
+        return i + 1, live, contra, n, any_adv, min_adv, seen, out.core
 
     contra0 = jnp.zeros((b, grid), jnp.int32)
     n0 = jnp.zeros((b,), jnp.int32)
-    init = (0, mask, contra0, n0, jnp.zeros((b,), bool), jnp.ones((b,), jnp.float32), core)
-    _, _, contra, n, any_adv, min_adv, core = jax.lax.while_loop(cond, body, init)
+    seen0 = jnp.zeros((b, grid), jnp.int32)
+    init = (0, mask, contra0, n0, jnp.zeros((b,), bool), jnp.ones((b,), jnp.float32), seen0, core)
+    _, _, contra, n, any_adv, min_adv, seen, core = jax.lax.while_loop(cond, body, init)
     pst = posterior(contra, n, log_prior, p_hyp, credible)
-    res = SearchResult(pst.median, pst.lo, pst.hi, pst.log_hyp, pst.p_c, core.queries - q0, any_adv, min_adv)
+    res = SearchResult(pst.median, pst.lo, pst.hi, pst.log_hyp, pst.p_c, core.queries - q0, any_adv, min_adv,
+                       jnp.any(seen == 3, axis=1))
     return res, core
+
+
+def record_answer(seen: jax.Array, k: jax.Array, adversarial: jax.Array, answered: jax.Array) -> jax.Array:
+    """The answers seen at each edge [B, G] (bit 1: not adversarial, bit 2: adversarial) after
+    an answer at edge k ([B] int); unanswered rows are unchanged. An edge holding 3 was answered
+    both ways: a deterministic oracle never does that (the same point gets the same answer),
+    whereas several crossings along a curved boundary only make answers at *different* edges
+    disagree, which the p_c posterior cannot tell from noise."""
+    g = seen.shape[-1]
+    at_k = (jnp.arange(g, dtype=jnp.int32)[None, :] == k[:, None]) & answered[:, None]
+    return seen | jnp.where(at_k, jnp.where(adversarial[:, None], 2, 1), 0)
 
 
 # --------------------------------------------------------------------------- SPRT
@@ -282,4 +297,4 @@ def set_current(env: AttackEnv, core: AttackCore, candidate: jax.Array, ok: jax.
 
 
 __all__ = ["Decision", "P_HYPOTHESES", "Posterior", "SearchResult", "carry_prior", "hypotheses", "posterior",
-           "prefix_sum", "prob_bisection", "set_current", "sprt", "update_counts", "default_prior", "P_PRIOR"]
+           "prefix_sum", "prob_bisection", "record_answer", "set_current", "sprt", "update_counts", "default_prior", "P_PRIOR"]

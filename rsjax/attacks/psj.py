@@ -24,8 +24,13 @@ What changes with respect to HSJA (d = H*W*C):
   half-width of the last search's credible interval (in pixels): probes must straddle the
   uncertain boundary (the authors likewise widen it to the grid resolution,
   delta = dist sqrt(d) / grid).
-* **Noisy answers** (the last search's p_c below ``noisy_below``; a deterministic oracle never
-  gets here, its searches put p_c at ~0.999, so it runs HSJA's arithmetic):
+* **Noisy answers**: the last search's p_c below ``noisy_below`` *and* the oracle shown to be
+  random -- some search got both answers at one grid edge (:func:`rsjax.attacks.noisy.record_answer`),
+  which a deterministic oracle never gives. A deterministic oracle therefore always runs HSJA's
+  arithmetic; the p_c posterior alone would not do: along a curved boundary (a deterministic
+  ResNet) a segment crosses it more than once, answers at different edges disagree and p_c
+  drops (measured: on the CIFAR-10 ResNet-20 at 1,000 queries this switched the noisy branch on
+  and cost half the distortion again over HSJA, `benchmarks/bench_noise_aware_deterministic.py`):
 
   - *probe radius adapted to the answers' sharpness*: a random classifier's probability moves
     from 0 to 1 over a width (sigma-scale under RS); probes much closer than that return coin
@@ -98,6 +103,7 @@ class PSJState(NamedTuple):
     p_c: jax.Array  # [B] posterior mean accuracy of the last search
     scale: jax.Array  # [B] probe radius multiplier (adapted to the answers' sharpness)
     pooled: jax.Array  # [B, H, W, C] pooled raw gradient sums (noisy answers)
+    random: jax.Array  # [B] bool some search got both answers at one edge: the oracle is random
 
 
 def _blend(x: jax.Array, far: jax.Array, a: jax.Array) -> jax.Array:
@@ -202,7 +208,7 @@ class PSJ(HSJA):
         core = core._replace(found=found)
         st = PSJState(x_b, l2_norm(x_b - env.x), jnp.where(ok2, half, 0.0),
                       carry_prior(r2.log_hyp) if c.p_c is None else prior, r2.p_c, jnp.ones((b,), jnp.float32),
-                      jnp.zeros_like(env.x))
+                      jnp.zeros_like(env.x), r1.disagreed | r2.disagreed)
         return core, st
 
     # ------------------------------------------------------------------ iteration
@@ -215,7 +221,7 @@ class PSJ(HSJA):
 
         delta = jnp.where(t == 1, 0.1, math.sqrt(d) * theta * st.dist)
         delta = jnp.maximum(jnp.maximum(delta, math.sqrt(d) * st.halfwidth), 1e-12)
-        noisy = st.p_c < c.noisy_below
+        noisy = (st.p_c < c.noisy_below) & st.random
         if c.adapt_radius:
             delta = jnp.where(noisy, jnp.minimum(delta * st.scale, c.max_probe_rms * math.sqrt(d)), delta)
         factor = jnp.minimum(c.max_eval_factor, 1.0 / jnp.square(jnp.maximum(2.0 * st.p_c - 1.0, 1e-3)))
@@ -253,7 +259,7 @@ class PSJ(HSJA):
             x_b, l2_norm(x_b - env.x), jnp.where(moved, half, st.halfwidth),
             jnp.where(go[:, None], log_hyp, st.log_hyp).reshape(-1, n_hyp),
             jnp.where(go, res.p_c, st.p_c), jnp.where(active, scale, st.scale),
-            jnp.where(bcast(active, pooled), pooled, st.pooled))
+            jnp.where(bcast(active, pooled), pooled, st.pooled), st.random | (go & res.disagreed))
 
 
 __all__ = ["PSJ", "PSJConfig", "PSJState"]
