@@ -12,7 +12,9 @@ fixed elementwise order so that a row's result never depends on the other rows o
 * :func:`l2_norm`, :func:`linf_norm`, :func:`safe_normalize`, :func:`flat`, :func:`bcast`,
   :func:`clip01`, and :func:`keep_better` (the best-point update of every attack);
 * :func:`xla_l2_norm` — the plain XLA reduction (not batch-invariant), the form of the white-box
-  attack and of PGD training, whose results do not depend on a row's batch by design.
+  attack and of PGD training, whose results do not depend on a row's batch by design;
+* :func:`split_product` — a product whose later additions no FMA contraction can change, and
+  :func:`split_l2_norm`, the L2 norm summing such squares in :func:`tree_sum`'s order.
 """
 from __future__ import annotations
 
@@ -126,6 +128,41 @@ def keep_better(better: jax.Array, candidate: jax.Array, best: jax.Array, *value
     (best', old'...)."""
     return (jnp.where(bcast(better, candidate), candidate, best),
             *(jnp.where(better, new, old) for new, old in values))
+
+
+def split_halves(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """float32 v = hi + lo exactly: hi is v with the 12 low bits of its mantissa cleared (at most
+    12 significant bits), lo = v - hi (exact, at most 12 significant bits). Finite v only."""
+    bits = jax.lax.bitcast_convert_type(v.astype(jnp.float32), jnp.uint32)
+    hi = jax.lax.bitcast_convert_type(bits & jnp.uint32(0xFFFFF000), jnp.float32)
+    return hi, v - hi
+
+
+def split_product(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a * b (float32, broadcasting, finite) as ah bh + ((ah bl + al bh) + al bl) over the halves of
+    :func:`split_halves`: each partial product has at most 24 significant bits, so it is exact,
+    and a sum that consumes it rounds the same whether or not the compiler contracts the pair
+    into an FMA.
+
+    Why: XLA:CPU compiles with FMA contraction allowed, and in (1 - a) x + a y LLVM fuses one of
+    the two products into an FMA; which one depends on the operand order of the fusion the
+    expression lands in. XLA duplicates such cheap elementwise producers into each consumer
+    fusion (``optimization_barrier`` does not prevent it: XLA:CPU removes barriers before
+    fusion), so the same value was rounded differently by different consumers, and by different
+    programs (a batch of 3 versus one image run as two rows). With exact partial products every
+    consumer computes the same bits. Differs from the rounded a * b by at most a unit in the
+    last place (products below ~1e-30, whose halves underflow, may differ more)."""
+    ah, al = split_halves(a)
+    bh, bl = split_halves(b)
+    return ah * bh + ((ah * bl + al * bh) + al * bl)
+
+
+def split_l2_norm(v: jax.Array) -> jax.Array:
+    """Per-row L2 norm [B, ...] -> [B] in :func:`tree_sum`'s order, the squares formed by
+    :func:`split_product`: no FMA contraction can change it, whatever the fusion it is compiled
+    in (:func:`l2_norm`'s first additions consume two squares, one of which LLVM may contract)."""
+    f = flat(v)
+    return jnp.sqrt(tree_sum(split_product(f, f), axis=1))
 
 
 def clip01(x: jax.Array) -> jax.Array:

@@ -377,6 +377,37 @@ def test_tree_sum_is_the_fixed_pairwise_order_on_any_axis(d, axis):
     np.testing.assert_array_equal(got, want)
 
 
+def _split_reference(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    hi = (v.astype(np.float32).view(np.uint32) & np.uint32(0xFFFFF000)).view(np.float32)
+    return hi, v - hi
+
+
+def test_split_product_has_exact_partial_products_so_an_fma_cannot_change_it():
+    """split_halves is exact with 12-bit halves; split_product sums exact partial products, so
+    the jitted (1 - a) x + a y (which XLA:CPU may contract into FMAs) equals numpy's float32
+    evaluation of the same formula (never contracted), within two ulps of the exact value; and
+    split_l2_norm is the pairwise sum of those squares."""
+    from rsjax.geometry import split_halves, split_l2_norm, split_product
+
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1, (2, 3, 37)).astype(np.float32)
+    a = rng.uniform(0, 1, (3, 1)).astype(np.float32)
+    hi, lo = (np.asarray(h) for h in split_halves(jnp.asarray(x)))
+    np.testing.assert_array_equal(hi.astype(np.float64) + lo, x)
+    assert np.all(np.frexp(hi)[0] * 2.0 ** 12 % 1 == 0)  # at most 12 significant bits
+
+    def ref_product(u, v):
+        (uh, ul), (vh, vl) = _split_reference(u), _split_reference(v)
+        return uh * vh + ((uh * vl + ul * vh) + ul * vl)
+
+    got = np.asarray(jax.jit(lambda a, x, y: split_product(1 - a, x) + split_product(a, y))(a, x, y))
+    np.testing.assert_array_equal(got, ref_product(1 - a, x) + ref_product(a, y))
+    exact = (1 - a.astype(np.float64)) * x + a.astype(np.float64) * y
+    assert np.all(np.abs(got - exact) <= 2 * np.spacing(np.abs(exact).astype(np.float32)))
+    norm = np.asarray(jax.jit(split_l2_norm)(jnp.asarray(x - y)))
+    np.testing.assert_array_equal(norm, np.sqrt(_pairwise_reference(ref_product(x - y, x - y))))
+
+
 def test_compiled_programs_cache_does_not_keep_oracles_alive():
     """``DecisionAttack.programs`` caches per oracle object; a finished attack does not keep its
     oracle (and through it the model weights) alive: after ``del`` + ``gc.collect()`` a weak

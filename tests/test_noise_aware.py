@@ -256,11 +256,7 @@ def test_all_same_oracles_no_nan_and_identical_reruns(name):
     assert_same_result(first, get_attack(name).run(oracle, x, y, 2, 150, check_clean=False))
 
 
-@pytest.mark.parametrize("name", [pytest.param("psj", marks=pytest.mark.xfail(
-    reason="open: psj's start point differs in one pixel's last bit (1 ulp) between a batch of 3 and one "
-           "image run as two rows, though its blends now round each product on its own (psj._exact); the "
-           "source is upstream of them", strict=False)),
-    "rays_na", "surfree_na"])
+@pytest.mark.parametrize("name", list(PAIRS))
 def test_batched_equals_one_at_a_time(name):
     """Same result for an image batched or alone (same ids, same key), under RS (n = 1)."""
     x, y, w, b, _ = linear_rs_problem(name)

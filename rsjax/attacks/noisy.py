@@ -281,16 +281,19 @@ def sprt(oracle, env: AttackEnv, core: AttackCore, point: jax.Array, mask: jax.A
     return Decision(mask & (llr > 0), decided, llr, core.queries - q0), core
 
 
-def set_current(env: AttackEnv, core: AttackCore, candidate: jax.Array, ok: jax.Array) -> AttackCore:
+def set_current(env: AttackEnv, core: AttackCore, candidate: jax.Array, ok: jax.Array,
+                norm: Callable[[jax.Array], jax.Array] | None = None) -> AttackCore:
     """Report ``candidate`` [B, ...] where ``ok`` [B], closer or not (a noise-aware attack
     reports its current estimate of the level-1/2 boundary point, not the closest point that
-    was ever answered adversarial: against a random oracle that one is a lucky point)."""
+    was ever answered adversarial: against a random oracle that one is a lucky point).
+    ``norm``: the [B]-valued L2 norm of the reported distance (default
+    :func:`rsjax.geometry.l2_norm`)."""
     from rsjax.attacks.common import bcast, l2_norm, linf_norm
 
     d = candidate - env.x
     return core._replace(
         best_x=jnp.where(bcast(ok, candidate), candidate, core.best_x),
-        best_l2=jnp.where(ok, l2_norm(d), core.best_l2),
+        best_l2=jnp.where(ok, (norm or l2_norm)(d), core.best_l2),
         best_linf=jnp.where(ok, linf_norm(d), core.best_linf),
         found=core.found | ok,
     )

@@ -66,12 +66,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rsjax.attacks.common import (AttackCore, AttackEnv, attack_keys, bcast, clip01, l2_norm, remaining,
-                                  safe_normalize)
+from rsjax.attacks.common import AttackCore, AttackEnv, attack_keys, bcast, clip01, remaining, safe_normalize
 from rsjax.attacks.hsja import HSJA, HSJAConfig, uniform_start_search
 from rsjax.attacks.surfree import _as_two_rows, _first_row
 from rsjax.attacks.noisy import carry_prior, default_prior, hypotheses, prob_bisection, set_current
 from rsjax.errors import InputError
+from rsjax.geometry import split_l2_norm, split_product
 
 
 @dataclass(frozen=True)
@@ -107,17 +107,9 @@ class PSJState(NamedTuple):
 
 
 def _blend(x: jax.Array, far: jax.Array, a: jax.Array) -> jax.Array:
-    """(1 - a) x + a far ([B] a), each product rounded on its own (:func:`_exact`) and the
-    result materialised (not fused into its consumers): the same bits for an image whatever its
-    batch."""
-    return jax.lax.optimization_barrier(_exact(1.0 - bcast(a, x), x) + _exact(bcast(a, x), far))
-
-
-def _exact(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a * b rounded on its own: XLA:CPU contracts a*b+c into an FMA in its vectorised loop
-    bodies but not in their tails, so whether a sum of products is contracted depends on an
-    element's position in the batch; a product behind a barrier is never contracted."""
-    return jax.lax.optimization_barrier(a * b)
+    """(1 - a) x + a far ([B] a), each product in the FMA-proof form of :func:`split_product`:
+    the same bits for an image in every program and batch."""
+    return split_product(1.0 - bcast(a, x), x) + split_product(bcast(a, x), far)
 
 
 def _step_signal(d: int) -> float:
@@ -170,11 +162,14 @@ class PSJ(HSJA):
         res, core = prob_bisection(oracle, env, core, point, mask, grid=c.grid, max_queries=c.search_max_queries,
                                    width=self._width, credible=c.credible, p_c=c.p_c, log_prior=log_prior)
         ok = mask & res.any_adv & (res.a < 1.0 - 0.5 / c.grid)
-        seg = l2_norm(far - env.x)
+        seg = split_l2_norm(far - env.x)
         return point(res.a), ok, 0.5 * (res.hi - res.lo) * seg, res, core
 
-    # -- single-image batches run as two rows (as SurFree: XLA CPU contracts the blends'
-    #    a*b+c differently in [1, ...] programs, a last-bit difference from the batched run)
+    # -- single-image batches run as two rows (as SurFree: XLA CPU contracts a*b+c differently
+    #    in [1, ...] programs). The first row is sliced out inside the program, and XLA sinks
+    #    those slices into the fusions after the last search loop, which then differ from the
+    #    batched program's: the arithmetic there (blends, norms, pooled sums) is FMA-proof
+    #    (split_product, split_l2_norm), so those fusions give the batched run's bits.
     def init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
         if env.x.shape[0] == 1:
             env2, (core2, active2) = _as_two_rows(env, (core, active))
@@ -204,9 +199,9 @@ class PSJ(HSJA):
         x_b1 = _blend(env.x, start, r1.a)
         x_b = jnp.where(bcast(ok2, x_b), x_b, jnp.where(bcast(ok1, x_b1), x_b1, start))
         found = got
-        core = set_current(env, core, x_b, found)
+        core = set_current(env, core, x_b, found, split_l2_norm)
         core = core._replace(found=found)
-        st = PSJState(x_b, l2_norm(x_b - env.x), jnp.where(ok2, half, 0.0),
+        st = PSJState(x_b, split_l2_norm(x_b - env.x), jnp.where(ok2, half, 0.0),
                       carry_prior(r2.log_hyp) if c.p_c is None else prior, r2.p_c, jnp.ones((b,), jnp.float32),
                       jnp.zeros_like(env.x), r1.disagreed | r2.disagreed)
         return core, st
@@ -238,25 +233,25 @@ class PSJ(HSJA):
                           jnp.where(informative & (rho > 0.8), jnp.maximum(st.scale * 0.5, 1.0), st.scale))
 
         # noisy answers: pool the probes' raw sums over the iterations (decay ``pool_decay``)
-        raw = g * bcast(jnp.sqrt(sq) * count, g)
-        pooled = jnp.where(bcast(noisy, raw), c.pool_decay * st.pooled + raw, raw)
-        g = jnp.where(bcast(noisy, g), safe_normalize(pooled), g)
-        g_ok = g_ok | (noisy & (l2_norm(pooled) > 0))
+        raw = split_product(g, bcast(jnp.sqrt(sq) * count, g))
+        pooled = jnp.where(bcast(noisy, raw), split_product(jnp.float32(c.pool_decay), st.pooled) + raw, raw)
+        g = jnp.where(bcast(noisy, g), safe_normalize(pooled, norm=split_l2_norm), g)
+        g_ok = g_ok | (noisy & (split_l2_norm(pooled) > 0))
 
         eps = st.dist / jnp.sqrt(t)
-        stepped = jax.lax.optimization_barrier(clip01(st.x_b + _exact(bcast(eps, g), g)))
-        far = jax.lax.optimization_barrier(clip01(stepped + _exact(jnp.float32(c.opposite), stepped - env.x)))
+        stepped = clip01(st.x_b + split_product(bcast(eps, g), g))
+        far = clip01(stepped + split_product(jnp.float32(c.opposite), stepped - env.x))
         go = active & g_ok & (st.dist > 0)
         x_new, moved, half, res, core = self._search(oracle, env, core, far, go, st.log_hyp)
         if c.monotone:  # noisy answers: a step that moves the estimate away from x is rejected
-            moved = moved & (~noisy | (l2_norm(x_new - env.x) < c.monotone_slack * st.dist))
+            moved = moved & (~noisy | (split_l2_norm(x_new - env.x) < c.monotone_slack * st.dist))
         x_b = jnp.where(bcast(moved, x_new), x_new, st.x_b)
-        core = set_current(env, core, x_b, moved)
+        core = set_current(env, core, x_b, moved, split_l2_norm)
         core = core._replace(done=core.done | (active & (core.steps + 1 >= c.num_iterations)))
         log_hyp = carry_prior(res.log_hyp) if c.p_c is None else st.log_hyp
         n_hyp = len(hypotheses(c.p_c))
         return core, PSJState(
-            x_b, l2_norm(x_b - env.x), jnp.where(moved, half, st.halfwidth),
+            x_b, split_l2_norm(x_b - env.x), jnp.where(moved, half, st.halfwidth),
             jnp.where(go[:, None], log_hyp, st.log_hyp).reshape(-1, n_hyp),
             jnp.where(go, res.p_c, st.p_c), jnp.where(active, scale, st.scale),
             jnp.where(bcast(active, pooled), pooled, st.pooled), st.random | (go & res.disagreed))
