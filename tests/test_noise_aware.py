@@ -12,7 +12,7 @@ import pytest
 
 from rsjax.attacks import ATTACKS, get_attack
 from rsjax.attacks.common import AttackEnv, bcast, initial_core
-from rsjax.attacks.noisy import prob_bisection, sprt
+from rsjax.attacks.noisy import prob_bisection, record_answer, sprt
 from rsjax.models.linear import linear_logits_fn
 from rsjax.oracle import ModelOracle, OracleAnswer, SmoothedOracle, image_keys
 from rsjax.theory import distortion_lower_bound
@@ -144,6 +144,43 @@ def test_bisection_budget_and_sprt():
     assert np.asarray(d.queries).tolist() == [8, 8, 0] and np.all(np.asarray(d.decided)[:2])
     d, c2 = sprt(CoinOracle(), env, core, far, jnp.ones(3, bool), 0.6, max_queries=7)
     assert np.all(np.asarray(d.queries) <= 7) and np.all(np.asarray(c2.queries) <= 7)
+
+
+class TwoCrossings:
+    """Deterministic, not monotone along the segment: a point is adversarial iff its first
+    pixel a lies in (0.2, 0.3) or above 0.7 (a curved boundary crossed three times)."""
+
+    name = "two-crossings"
+    num_classes = 2
+
+    def decide(self, x, y, keys):
+        a = x.reshape(x.shape[0], -1)[:, 0]
+        return OracleAnswer(((a > 0.2) & (a < 0.3)) | (a > 0.7), jnp.ones(a.shape, jnp.int32))
+
+    def max_evaluations_per_query(self):
+        return 1
+
+
+def test_disagreement_proves_randomness_not_several_crossings():
+    """``SearchResult.disagreed`` (one edge answered both ways) is what psj needs before its
+    noisy branch: never set by a deterministic oracle, even one whose answers along the segment
+    fit no single crossing (the p_c posterior drops there: the case that made psj lose 52 % on
+    the deterministic ResNet-20), and set for most images of a random oracle."""
+    def point(a):
+        return jnp.broadcast_to(a[:, None, None, None], env.x.shape)
+
+    env, core = _segment_env(8, 100)
+    res, _ = prob_bisection(TwoCrossings(), env, core, point, jnp.ones(8, bool), grid=256, max_queries=40,
+                            width=2 / 256)
+    assert not np.asarray(res.disagreed).any()
+    assert (np.asarray(res.p_c) < 0.99).all()  # what the p_c posterior alone would call noise
+    res, _ = prob_bisection(FlipOracle(0.4, 0.75), env, core, point, jnp.ones(8, bool), grid=256, max_queries=40,
+                            width=2 / 256)
+    assert np.asarray(res.disagreed).sum() >= 6
+    seen = jnp.zeros((2, 4), jnp.int32)
+    seen = record_answer(seen, jnp.array([1, 2]), jnp.array([True, False]), jnp.array([True, True]))
+    seen = record_answer(seen, jnp.array([1, 2]), jnp.array([False, False]), jnp.array([True, False]))
+    assert np.asarray(seen).tolist() == [[0, 3, 0, 0], [0, 0, 1, 0]]
 
 
 def test_registry():
