@@ -70,6 +70,23 @@ def pick_images(classifier, images, labels, per_class: int):
     return np.sort(np.array(chosen))
 
 
+def load_problem(args):
+    """(classifier, image indices, images, labels, ModelOracle) of ``args`` (``--checkpoint`` /
+    ``--workdir``, ``--data``, ``--per-class``), or None (after saying so) when the data is absent."""
+    from rsjax.classifier import Classifier
+    from rsjax.data import load_dataset
+    from rsjax.oracle import ModelOracle
+
+    if not Path(args.data).exists():
+        print(f"{args.data} not found: skipped")
+        return None
+    classifier = Classifier.from_checkpoint(get_checkpoint(args))
+    data = load_dataset(f"npz:{args.data}")
+    idx = pick_images(classifier, data.images, data.labels, args.per_class)
+    oracle = ModelOracle(classifier.logits_fn, classifier.num_classes, name=classifier.spec.name)
+    return classifier, idx, data.images[idx], data.labels[idx], oracle
+
+
 def raw_forward_rate(classifier, batch: int, repeats: int = 5) -> float:
     """Jitted forward passes per second on batches of ``batch`` images (after warm-up)."""
     import jax
@@ -107,18 +124,11 @@ def main(argv=None) -> int:
     import jax
 
     from rsjax.attacks import get_attack
-    from rsjax.classifier import Classifier
-    from rsjax.data import load_dataset
-    from rsjax.oracle import ModelOracle
 
-    if not Path(args.data).exists():
-        print(f"{args.data} not found: skipped")
+    problem = load_problem(args)
+    if problem is None:
         return 0
-    classifier = Classifier.from_checkpoint(get_checkpoint(args))
-    data = load_dataset(f"npz:{args.data}")
-    idx = pick_images(classifier, data.images, data.labels, args.per_class)
-    x, y = data.images[idx], data.labels[idx]
-    oracle = ModelOracle(classifier.logits_fn, classifier.num_classes, name=classifier.spec.name)
+    classifier, idx, x, y, oracle = problem
     print(f"model {classifier.spec.name}, {len(idx)} correctly classified images "
           f"(classes {np.bincount(y, minlength=classifier.num_classes).tolist()}), "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, {len(os.sched_getaffinity(0))} of "

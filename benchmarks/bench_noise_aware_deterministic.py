@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_attacks import SHARED, get_checkpoint, pick_images  # noqa: E402
+from bench_attacks import SHARED, load_problem  # noqa: E402
 
 PAIRS = {"psj": "hsja", "rays_na": "rays", "surfree_na": "surfree"}
 
@@ -51,7 +52,7 @@ def median_ratio_interval(num: np.ndarray, den: np.ndarray, reps: int = 2000, se
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="converted ResNet-20 (else converted into --workdir)")
-    p.add_argument("--workdir", default=str(Path("/tmp") / "rsjax_bench"))
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "rsjax_bench"))
     p.add_argument("--data", default=str(SHARED / "data/cifar10/test_jpeg.npz"))
     p.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     p.add_argument("--per-class", type=int, default=8)
@@ -64,19 +65,12 @@ def main(argv=None) -> int:
     import jax
 
     from rsjax.attacks import get_attack
-    from rsjax.classifier import Classifier
-    from rsjax.data import load_dataset
-    from rsjax.oracle import ModelOracle
     from rsjax.verify import verify_attack
 
-    if not Path(args.data).exists():
-        print(f"{args.data} not found: skipped")
+    problem = load_problem(args)
+    if problem is None:
         return 0
-    classifier = Classifier.from_checkpoint(get_checkpoint(args))
-    data = load_dataset(f"npz:{args.data}")
-    idx = pick_images(classifier, data.images, data.labels, args.per_class)
-    x, y = data.images[idx], data.labels[idx]
-    oracle = ModelOracle(classifier.logits_fn, classifier.num_classes, name=classifier.spec.name)
+    classifier, idx, x, y, oracle = problem
     print(f"model {classifier.spec.name}, {len(idx)} correctly classified images, {args.queries} queries, "
           f"seed {args.seed}, jax {jax.__version__} on {jax.devices()[0].platform}, "
           f"{len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.2f}")
