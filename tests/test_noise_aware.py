@@ -183,6 +183,55 @@ def test_disagreement_proves_randomness_not_several_crossings():
     assert np.asarray(seen).tolist() == [[0, 3, 0, 0], [0, 0, 1, 0]]
 
 
+def test_sprt_mixed_and_bisection_enough():
+    """``Decision.mixed`` (one point answered both ways) is never set by a deterministic oracle
+    and is set by a coin on most rows; a caller's ``enough(lo, hi)`` stops a search as soon as
+    it holds (True at once: one query a row) and otherwise leaves the search unchanged."""
+    env, core = _segment_env(8, 100)
+    far = jnp.full(env.x.shape, 0.9)
+    d, _ = sprt(FlipOracle(0.4, 1.0), env, core, far, jnp.ones(8, bool), 0.6, max_queries=10)
+    assert not np.asarray(d.mixed).any() and np.asarray(d.adversarial).all()
+    d, _ = sprt(CoinOracle(), env, core, far, jnp.ones(8, bool), 0.6, max_queries=10)
+    assert np.asarray(d.mixed).sum() >= 6
+
+    def point(a):
+        return jnp.broadcast_to(a[:, None, None, None], env.x.shape)
+
+    oracle = FlipOracle(0.4, 1.0)
+    kw = dict(grid=256, max_queries=40, width=2 / 256)
+    base, _ = prob_bisection(oracle, env, core, point, jnp.ones(8, bool), **kw)
+    once, _ = prob_bisection(oracle, env, core, point, jnp.ones(8, bool), enough=lambda lo, hi: lo >= 0, **kw)
+    never, _ = prob_bisection(oracle, env, core, point, jnp.ones(8, bool), enough=lambda lo, hi: lo < 0, **kw)
+    assert np.asarray(once.queries).tolist() == [1] * 8
+    for f in base._fields:
+        np.testing.assert_array_equal(np.asarray(getattr(never, f)), np.asarray(getattr(base, f)))
+    # a gain-like rule: stop when the interval is below 1/16 (4 halvings of [0, 1])
+    # on the estimated-p_c credible interval (widened by the low-accuracy hypotheses) it takes
+    # more queries than a bisection; on the answered bracket (``bracket``) exactly 4 halvings
+    coarse, _ = prob_bisection(oracle, env, core, point, jnp.ones(8, bool), enough=lambda lo, hi: hi - lo <= 1 / 16,
+                               **kw)
+    assert np.all(np.asarray(coarse.hi) - np.asarray(coarse.lo) <= 1 / 16)
+    fast, _ = prob_bisection(oracle, env, core, point, jnp.ones(8, bool), enough=lambda lo, hi: hi - lo <= 1 / 16,
+                             bracket=jnp.ones(8, bool), **kw)
+    q, qf = np.asarray(coarse.queries), np.asarray(fast.queries)
+    assert np.all(qf == 4) and np.all(q > qf), (q, qf)
+    lo, hi = np.asarray(fast.max_clean), np.asarray(fast.min_adv)
+    assert np.all((lo <= 0.4) & (0.4 < hi) & (hi - lo <= 1 / 16))
+
+
+def test_surfree_na_deterministic_reports_answered_adversarial_points():
+    """Against a deterministic oracle surfree_na never proves randomness, so it keeps SurFree's
+    choice, the closest point answered adversarial, instead of a posterior median that may lie
+    on the clean side: every reported point is adversarial for f itself."""
+    x, y, w, b, r = linear_rs_problem("surfree_na")
+    oracle = ModelOracle(linear_logits_fn(w, b), 2)
+    res = get_attack("surfree_na").run(oracle, x, y, 0, 300)
+    assert_sane(res, 300)
+    keys = image_keys(jax.random.key(5), jnp.arange(len(x)))
+    adv = np.asarray(oracle.decide(jnp.asarray(res.x_adv), jnp.asarray(y), keys).adversarial)
+    assert adv.all(), (adv, res.l2, r)
+
+
 def test_registry():
     for name in PAIRS:
         assert name in ATTACKS
@@ -243,12 +292,12 @@ def test_rs_verified_distortion_vs_exact_level_distance(na):
 
 
 #: medians of verified / eq. (6) measured on these 2 images (seed 0), plain in brackets:
-#: n=1 psj 1.40 (hsja 2.60), rays_na 2.14 (rays inf/4.62), surfree_na 2.43 (surfree 5.19);
+#: n=1 psj 1.40 (hsja 2.60), rays_na 2.14 (rays inf/4.62), surfree_na 2.12 (surfree 5.19);
 #: n=10 psj 1.19 (hsja 3.22), rays_na 1.37 (rays 1.70), surfree_na 1.59 (surfree 6.10);
-#: the bounds add ~15 %.
+#: the bounds add ~15 % (surfree_na: 2.43 / 1.59 before session 8's deterministic mode).
 #: Far from the 10 % goal at n = 1: see the report of issue 16.
 BOUNDS = {("psj", 1): 1.6, ("psj", 10): 1.37, ("rays_na", 1): 2.5, ("rays_na", 10): 1.6,
-          ("surfree_na", 1): 2.8, ("surfree_na", 10): 1.85}
+          ("surfree_na", 1): 2.45, ("surfree_na", 10): 1.85}
 
 
 # ----------------------------------------------------------------------------- robustness

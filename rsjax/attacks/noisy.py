@@ -178,19 +178,27 @@ class SearchResult(NamedTuple):
     queries: jax.Array  # [B] int32 queries this search spent
     any_adv: jax.Array  # [B] bool some answer was adversarial
     min_adv: jax.Array  # [B] smallest a answered adversarial (1 when none)
+    max_clean: jax.Array  # [B] largest a answered not adversarial (0 when none)
     disagreed: jax.Array  # [B] bool one edge was answered both ways: the oracle is random
 
 
 def prob_bisection(oracle, env: AttackEnv, core: AttackCore, point: Callable[[jax.Array], jax.Array],
                    mask: jax.Array, *, grid: int, max_queries: int, width: jax.Array | float,
                    credible: float = 0.9, p_c: float | None = None,
-                   log_prior: jax.Array | None = None) -> tuple[SearchResult, AttackCore]:
+                   log_prior: jax.Array | None = None,
+                   enough: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+                   bracket: jax.Array | None = None) -> tuple[SearchResult, AttackCore]:
     """Probabilistic bisection of the crossing along ``point(a)`` ([B] -> [B, ...] points,
     a = 1 adversarial end, a = 0 the other) for the images of ``mask`` [B] (module docstring).
 
     Stops an image when its ``credible`` interval is at most ``width`` ([B] or scalar, in a
-    units; a grid cell is 1/grid), after ``max_queries`` rounds (static), or when its budget
-    ends. ``p_c``: known accuracy, or None to estimate it over the hypotheses with
+    units; a grid cell is 1/grid) or ``enough(lo, hi)`` ([B] bool, optional: a caller's own
+    precision, e.g. SurFree's distance gain at stake), after ``max_queries`` rounds (static),
+    or when its budget ends. ``bracket`` ([B] bool, optional): rows that may also stop on the
+    *answered* bracket [max_clean, min_adv] when it is consistent (max_clean < min_adv) -- for a
+    caller that has not seen the oracle answer one point both ways: a deterministic bisection's
+    interval, which the estimated-p_c credible interval (widened by the low-accuracy
+    hypotheses) reaches only after several more queries. ``p_c``: known accuracy, or None to estimate it over the hypotheses with
     ``log_prior`` [B, H] (default uniform). Returns (SearchResult, core)."""
     b = mask.shape[0]
     p_hyp = hypotheses(p_c)
@@ -199,16 +207,23 @@ def prob_bisection(oracle, env: AttackEnv, core: AttackCore, point: Callable[[ja
     wid = jnp.broadcast_to(jnp.asarray(width, jnp.float32), (b,))
     q0 = core.queries
 
-    def converged(contra, n):
+    def narrow(lo, hi):
+        done = hi - lo <= wid
+        return done if enough is None else done | enough(lo, hi)
+
+    def converged(contra, n, min_adv, max_clean):
         pst = posterior(contra, n, log_prior, p_hyp, credible)
-        return pst.hi - pst.lo <= wid
+        done = narrow(pst.lo, pst.hi)
+        if bracket is None:
+            return done
+        return done | (bracket & (max_clean < min_adv) & narrow(max_clean, min_adv))
 
     def cond(c):
         i, live, contra, n = c[:4]
         return (i < max_queries) & jnp.any(live)
 
     def body(c):
-        i, live, contra, n, any_adv, min_adv, seen, core_ = c
+        i, live, contra, n, any_adv, min_adv, max_clean, seen, core_ = c
         k = _query_edge(contra, n, log_prior, p_hyp, grid)
         a = k.astype(jnp.float32) / grid
         out = query_one(oracle, env, core_, point(a), live)
@@ -217,16 +232,18 @@ def prob_bisection(oracle, env: AttackEnv, core: AttackCore, point: Callable[[ja
         n = n + out.sent.astype(jnp.int32)
         any_adv = any_adv | out.adversarial
         min_adv = jnp.where(out.adversarial, jnp.minimum(min_adv, a), min_adv)
-        live = live & out.sent & ~converged(contra, n)
-        return i + 1, live, contra, n, any_adv, min_adv, seen, out.core
+        max_clean = jnp.where(out.sent & ~out.adversarial, jnp.maximum(max_clean, a), max_clean)
+        live = live & out.sent & ~converged(contra, n, min_adv, max_clean)
+        return i + 1, live, contra, n, any_adv, min_adv, max_clean, seen, out.core
 
     contra0 = jnp.zeros((b, grid), jnp.int32)
     n0 = jnp.zeros((b,), jnp.int32)
     seen0 = jnp.zeros((b, grid), jnp.int32)
-    init = (0, mask, contra0, n0, jnp.zeros((b,), bool), jnp.ones((b,), jnp.float32), seen0, core)
-    _, _, contra, n, any_adv, min_adv, seen, core = jax.lax.while_loop(cond, body, init)
+    init = (0, mask, contra0, n0, jnp.zeros((b,), bool), jnp.ones((b,), jnp.float32), jnp.zeros((b,), jnp.float32),
+            seen0, core)
+    _, _, contra, n, any_adv, min_adv, max_clean, seen, core = jax.lax.while_loop(cond, body, init)
     pst = posterior(contra, n, log_prior, p_hyp, credible)
-    res = SearchResult(pst.median, pst.lo, pst.hi, pst.log_hyp, pst.p_c, core.queries - q0, any_adv, min_adv,
+    res = SearchResult(pst.median, pst.lo, pst.hi, pst.log_hyp, pst.p_c, core.queries - q0, any_adv, min_adv, max_clean,
                        jnp.any(seen == 3, axis=1))
     return res, core
 
@@ -249,6 +266,7 @@ class Decision(NamedTuple):
     decided: jax.Array  # [B] bool a threshold was reached (False: cap or budget decided)
     llr: jax.Array  # [B] final log-likelihood ratio
     queries: jax.Array  # [B] int32 queries spent
+    mixed: jax.Array  # [B] bool the point was answered both ways: the oracle is random
 
 
 def sprt(oracle, env: AttackEnv, core: AttackCore, point: jax.Array, mask: jax.Array, p1: jax.Array | float,
@@ -264,21 +282,24 @@ def sprt(oracle, env: AttackEnv, core: AttackCore, point: jax.Array, mask: jax.A
     q0 = core.queries
 
     def cond(c):
-        i, live, _, _, _ = c
+        i, live = c[:2]
         return (i < max_queries) & jnp.any(live)
 
     def body(c):
-        i, live, llr, decided, core_ = c
+        i, live, llr, decided, yes, no, core_ = c
         out = query_one(oracle, env, core_, point, live)
         llr = llr + jnp.where(out.sent, jnp.where(out.adversarial, step, -step), 0.0)
+        yes = yes | out.adversarial
+        no = no | (out.sent & ~out.adversarial)
         hit = out.sent & ((llr >= up) | (llr <= down))
         decided = decided | hit
         live = live & out.sent & ~hit
-        return i + 1, live, llr, decided, out.core
+        return i + 1, live, llr, decided, yes, no, out.core
 
     zb = jnp.zeros((b,), bool)
-    _, _, llr, decided, core = jax.lax.while_loop(cond, body, (0, mask, jnp.zeros((b,), jnp.float32), zb, core))
-    return Decision(mask & (llr > 0), decided, llr, core.queries - q0), core
+    _, _, llr, decided, yes, no, core = jax.lax.while_loop(
+        cond, body, (0, mask, jnp.zeros((b,), jnp.float32), zb, zb, zb, core))
+    return Decision(mask & (llr > 0), decided, llr, core.queries - q0, yes & no), core
 
 
 def set_current(env: AttackEnv, core: AttackCore, candidate: jax.Array, ok: jax.Array,
