@@ -106,11 +106,11 @@ class _NoiseAware:
         return sprt(oracle, env, core, point, mask, self._p1(p_c, random), max_queries=c.sprt_max_queries,
                     alpha=c.sprt_alpha, beta=c.sprt_beta)
 
-    def _bisect(self, oracle, env, core, point, mask, log_prior, enough=None, bracket=None):
+    def _bisect(self, oracle, env, core, point, mask, log_prior, enough=None, bracket=None, midpoint=None):
         c = self.config
         res, core = prob_bisection(oracle, env, core, point, mask, grid=c.grid, max_queries=c.search_max_queries,
                                    width=c.search_width, credible=c.credible, p_c=c.p_c, log_prior=log_prior,
-                                   enough=enough, bracket=bracket)
+                                   enough=enough, bracket=bracket, midpoint=midpoint)
         ok = mask & res.any_adv & (res.a < 1.0 - 0.5 / c.grid)
         return res, ok, core
 
@@ -207,6 +207,8 @@ class SurFreeNAConfig(NoiseAwareConfig, SurFreeBasisConfig):
     bs_gamma: float = 0.01  # SurFree's: stop the angle search when the gain at stake is <= this
     confirm_first: int = 16  # until the oracle is shown random: confirm the adopted point in the
     confirm_every: int = 4  # first confirm_first directions, then in every confirm_every-th one
+    bisect_after: int = 8  # directions without a sign of noise before the angle search halves its
+    # answered bracket exactly (a bisection's queries never repeat a point, so never show noise)
 
 
 class SurFreeNAState(NamedTuple):
@@ -239,10 +241,10 @@ class SurFreeNA(_NoiseAware, DecisionAttack):
             raise InputError(f"{self.name}: n_ortho must be an integer >= 1, got {c.n_ortho!r}")
         if c.basis_function not in dct.BASIS_FUNCTIONS:
             raise InputError(f"{self.name}: unknown basis_function {c.basis_function!r}")
-        for f in ("confirm_first", "confirm_every"):
+        for f in ("confirm_first", "confirm_every", "bisect_after"):
             v = getattr(c, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if f == "confirm_first" else 1):
-                raise InputError(f"{self.name}: {f} must be an integer >= {0 if f == 'confirm_first' else 1}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if f == "confirm_every" else 0):
+                raise InputError(f"{self.name}: {f} must be an integer >= {1 if f == 'confirm_every' else 0}, got {v!r}")
         if not 0 < c.bs_gamma < 1:
             raise InputError(f"{self.name}: bs_gamma must lie in (0, 1), got {c.bs_gamma!r}")
 
@@ -355,8 +357,10 @@ class SurFreeNA(_NoiseAware, DecisionAttack):
         def on_arc(a):  # a = 1: the accepted probe (adversarial), a = 0: theta_end
             return z(theta_end + a * (theta_p - theta_end))
 
+        trusted = ~random & (st.n_dirs >= c.bisect_after)  # no sign of noise so far
         res, ok, core = self._bisect(oracle, env, core, on_arc, success, st.log_hyp,
-                                     enough=self._gain_settled(theta_p, theta_end, ~random), bracket=~random)
+                                     enough=self._gain_settled(theta_p, theta_end, ~random), bracket=~random,
+                                     midpoint=trusted)
         random = random | (success & res.disagreed)
         # not yet shown random: the closest point answered adversarial (theta_p itself when the
         # search found none), asked once more -- a deterministic oracle repeats its answer; a

@@ -187,7 +187,8 @@ def prob_bisection(oracle, env: AttackEnv, core: AttackCore, point: Callable[[ja
                    credible: float = 0.9, p_c: float | None = None,
                    log_prior: jax.Array | None = None,
                    enough: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-                   bracket: jax.Array | None = None) -> tuple[SearchResult, AttackCore]:
+                   bracket: jax.Array | None = None,
+                   midpoint: jax.Array | None = None) -> tuple[SearchResult, AttackCore]:
     """Probabilistic bisection of the crossing along ``point(a)`` ([B] -> [B, ...] points,
     a = 1 adversarial end, a = 0 the other) for the images of ``mask`` [B] (module docstring).
 
@@ -198,7 +199,11 @@ def prob_bisection(oracle, env: AttackEnv, core: AttackCore, point: Callable[[ja
     *answered* bracket [max_clean, min_adv] when it is consistent (max_clean < min_adv) -- for a
     caller that has not seen the oracle answer one point both ways: a deterministic bisection's
     interval, which the estimated-p_c credible interval (widened by the low-accuracy
-    hypotheses) reaches only after several more queries. ``p_c``: known accuracy, or None to estimate it over the hypotheses with
+    hypotheses) reaches only after several more queries. ``midpoint`` ([B] bool, optional):
+    rows that query the middle edge of their answered bracket while it is consistent and two
+    cells or more wide (a deterministic bisection; the posterior median, pulled towards the
+    side with more cells outside the bracket, halves it less) -- for a caller confident the
+    oracle is deterministic: such queries never repeat an edge, so they never show noise. ``p_c``: known accuracy, or None to estimate it over the hypotheses with
     ``log_prior`` [B, H] (default uniform). Returns (SearchResult, core)."""
     b = mask.shape[0]
     p_hyp = hypotheses(p_c)
@@ -225,6 +230,10 @@ def prob_bisection(oracle, env: AttackEnv, core: AttackCore, point: Callable[[ja
     def body(c):
         i, live, contra, n, any_adv, min_adv, max_clean, seen, core_ = c
         k = _query_edge(contra, n, log_prior, p_hyp, grid)
+        if midpoint is not None:  # a consistent answered bracket is halved exactly (bisection)
+            lo_k = jnp.round(max_clean * grid).astype(jnp.int32)
+            hi_k = jnp.round(min_adv * grid).astype(jnp.int32)
+            k = jnp.where(midpoint & (hi_k - lo_k >= 2), (lo_k + hi_k) // 2, k)
         a = k.astype(jnp.float32) / grid
         out = query_one(oracle, env, core_, point(a), live)
         contra = update_counts(contra, k, out.adversarial, out.sent)
