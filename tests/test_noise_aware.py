@@ -217,6 +217,17 @@ def test_sprt_mixed_and_bisection_enough():
     assert np.all(qf == 4) and np.all(q > qf), (q, qf)
     lo, hi = np.asarray(fast.max_clean), np.asarray(fast.min_adv)
     assert np.all((lo <= 0.4) & (0.4 < hi) & (hi - lo <= 1 / 16))
+    # ``midpoint``: the answered bracket is halved exactly by every query (a deterministic
+    # bisection), 7 queries from [0, 1] to 2 cells of 256; the posterior median halves it less
+    fine = dict(kw, max_queries=40)
+    rule = lambda lo, hi: hi - lo <= 2 / 256  # noqa: E731
+    med, _ = prob_bisection(oracle, env, core, point, jnp.ones(8, bool), enough=rule, bracket=jnp.ones(8, bool), **fine)
+    mid, _ = prob_bisection(oracle, env, core, point, jnp.ones(8, bool), enough=rule, bracket=jnp.ones(8, bool),
+                            midpoint=jnp.ones(8, bool), **fine)
+    assert np.all(np.asarray(mid.queries) == 7), np.asarray(mid.queries)
+    assert np.all(np.asarray(med.queries) > 7), np.asarray(med.queries)
+    lo, hi = np.asarray(mid.max_clean), np.asarray(mid.min_adv)
+    assert np.all((lo <= 0.4) & (0.4 < hi)) and np.allclose(hi - lo, 2 / 256)
 
 
 def test_surfree_na_deterministic_reports_answered_adversarial_points():
@@ -242,6 +253,8 @@ def test_registry():
         get_attack("psj", p_c=0.4)
     with pytest.raises(InputError, match="grid"):
         get_attack("rays_na", grid=1)
+    with pytest.raises(InputError, match="bisect_after"):
+        get_attack("surfree_na", bisect_after=-1)
 
 
 # ----------------------------------------------------------------------------- deterministic f
