@@ -219,11 +219,10 @@ def test_sprt_mixed_and_bisection_enough():
     assert np.all((lo <= 0.4) & (0.4 < hi) & (hi - lo <= 1 / 16))
     # ``midpoint``: the answered bracket is halved exactly by every query (a deterministic
     # bisection), 7 queries from [0, 1] to 2 cells of 256; the posterior median halves it less
-    fine = dict(kw, max_queries=40)
     rule = lambda lo, hi: hi - lo <= 2 / 256  # noqa: E731
-    med, _ = prob_bisection(oracle, env, core, point, jnp.ones(8, bool), enough=rule, bracket=jnp.ones(8, bool), **fine)
+    med, _ = prob_bisection(oracle, env, core, point, jnp.ones(8, bool), enough=rule, bracket=jnp.ones(8, bool), **kw)
     mid, _ = prob_bisection(oracle, env, core, point, jnp.ones(8, bool), enough=rule, bracket=jnp.ones(8, bool),
-                            midpoint=jnp.ones(8, bool), **fine)
+                            midpoint=jnp.ones(8, bool), **kw)
     assert np.all(np.asarray(mid.queries) == 7), np.asarray(mid.queries)
     assert np.all(np.asarray(med.queries) > 7), np.asarray(med.queries)
     lo, hi = np.asarray(mid.max_clean), np.asarray(mid.min_adv)

@@ -203,8 +203,9 @@ def prob_bisection(oracle, env: AttackEnv, core: AttackCore, point: Callable[[ja
     rows that query the middle edge of their answered bracket while it is consistent and two
     cells or more wide (a deterministic bisection; the posterior median, pulled towards the
     side with more cells outside the bracket, halves it less) -- for a caller confident the
-    oracle is deterministic: such queries never repeat an edge, so they never show noise. ``p_c``: known accuracy, or None to estimate it over the hypotheses with
-    ``log_prior`` [B, H] (default uniform). Returns (SearchResult, core)."""
+    oracle is deterministic: such queries never repeat an edge, so they never show noise.
+    ``p_c``: known accuracy, or None to estimate it over the hypotheses with ``log_prior``
+    [B, H] (default uniform). Returns (SearchResult, core)."""
     b = mask.shape[0]
     p_hyp = hypotheses(p_c)
     if log_prior is None:
