@@ -254,6 +254,10 @@ def test_registry():
         get_attack("rays_na", grid=1)
     with pytest.raises(InputError, match="bisect_after"):
         get_attack("surfree_na", bisect_after=-1)
+    with pytest.raises(InputError, match="monotone_growth"):
+        get_attack("psj", monotone_growth=0.9)
+    with pytest.raises(InputError, match="noisy_step"):
+        get_attack("psj", noisy_step=0.0)
 
 
 # ----------------------------------------------------------------------------- deterministic f
@@ -369,6 +373,30 @@ def test_batched_equals_one_at_a_time(name):
 
 
 # ----------------------------------------------------------------------------- psj, statistical
+
+def test_psj_monotone_growth_unlocks_a_lucky_low_estimate():
+    """Image 4 of the 8-image linear problem (seed 0), n = 10: its third search lands inside the
+    level-1/2 set (0.925 x eq. (6)); with a fixed slack every later step is rejected and x_b stays
+    there, with ``monotone_growth`` > 1 a step is accepted after rejections in a row and the
+    verified distortion drops (1.32 -> 1.21 x eq. (6) when written). The run is image id 4 alone:
+    the same trajectory as inside its batch (per-image keys)."""
+    x, y, w, b, r = linear_rs_problem("psj", r_o=np.linspace(0.3, 0.45, 8), seed=0)
+    x, y, r = x[4:5], y[4:5], r[4:5]
+    oracle = SmoothedOracle(linear_logits_fn(w, b), 2, SIGMA, 10)
+    exact = exact_level_distance("psj", r, w, 10)
+    out = {}
+    for growth in (1.0, 1.1):
+        res = get_attack("psj", monotone_growth=growth).run(oracle, x, y, 0, 1000, image_ids=np.array([4]),
+                                                            check_clean=False)
+        assert_sane(res, 1000)
+        trace = res.trace_l2[0][res.trace_queries[0] >= 0] / exact[0]
+        out[growth] = (trace, verified("psj", oracle, x, res.x_adv, y, VerifyConfig(calls=800))[0] / exact[0])
+    locked, free = out[1.0][0], out[1.1][0]
+    assert len(locked) == len(free) >= 5 and np.allclose(locked[:-1], free[:-1])
+    assert locked[2] < 0.97 and np.all(locked[2:] == locked[2])  # stuck at the lucky low estimate
+    assert free[-1] != locked[-1]  # the growing slack let a step through
+    assert out[1.1][1] < out[1.0][1]
+
 
 def test_psj_rs_n10_near_exact_level_distance():
     """psj against g_{sigma,n} of the linear f, n = 10, 1,000 queries, 4 images (seed 3): the
