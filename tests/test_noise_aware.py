@@ -375,11 +375,12 @@ def test_batched_equals_one_at_a_time(name):
 # ----------------------------------------------------------------------------- psj, statistical
 
 def test_psj_monotone_growth_unlocks_a_lucky_low_estimate():
-    """Image 4 of the 8-image linear problem (seed 0), n = 10: its third search lands inside the
-    level-1/2 set (0.925 x eq. (6)); with a fixed slack every later step is rejected and x_b stays
-    there, with ``monotone_growth`` > 1 (the default 1.1) a step is accepted after rejections in a row and the
-    verified distortion drops (1.32 -> 1.21 x eq. (6) when written; ``noisy_step`` 1). The run is image id 4 alone:
-    the same trajectory as inside its batch (per-image keys)."""
+    """Image 4 of the 8-image linear problem (seed 0), n = 10, ``noisy_step`` 1: its third search
+    lands inside the level-1/2 set (0.925 x eq. (6)); with a fixed slack every later step is
+    rejected and x_b stays there, with ``monotone_growth`` > 1 (the default 1.1) a step is
+    accepted after rejections in a row and the verified distortion drops (1.32 -> 1.21 x eq. (6)
+    when written). The run is image id 4 alone: the same trajectory as inside its batch
+    (per-image keys)."""
     x, y, w, b, r = linear_rs_problem("psj", r_o=np.linspace(0.3, 0.45, 8), seed=0)
     x, y, r = x[4:5], y[4:5], r[4:5]
     oracle = SmoothedOracle(linear_logits_fn(w, b), 2, SIGMA, 10)

@@ -65,9 +65,9 @@ What changes with respect to HSJA (d = H*W*C):
 
 * **Step**: eps = ||x_b - x|| / sqrt(t) (times ``noisy_step`` on noisy answers) along the
   estimate without a step-size search (no query; the authors' choice), then the authors'
-  opposite movement z = clip(x_s + 0.5 (x_s - x)), then the boundary search on [x, z]. A search that finds no
-  crossing inside the segment (posterior median at the far end, or no adversarial answer)
-  rejects the step.
+  opposite movement z = clip(x_s + 0.5 (x_s - x)), then the boundary search on [x, z]. A
+  search that finds no crossing inside the segment (posterior median at the far end, or no
+  adversarial answer) rejects the step.
 * **Reported point**: the current x_b (see :func:`rsjax.attacks.noisy.set_current`), not the
   closest point ever answered adversarial. On a deterministic oracle x_b lies within one grid
   cell of the boundary, on either side.
@@ -269,7 +269,8 @@ class PSJ(HSJA):
         x_new, moved, half, res, core = self._search(oracle, env, core, far, go, st.log_hyp)
         guarded = jnp.zeros_like(moved)
         if c.monotone:  # noisy answers: a step that moves the estimate away from x is rejected
-            slack = c.monotone_slack * jnp.power(jnp.float32(c.monotone_growth), st.rejected.astype(jnp.float32))
+            growth = jnp.power(jnp.float32(c.monotone_growth), st.rejected.astype(jnp.float32))
+            slack = c.monotone_slack * growth
             guarded = moved & noisy & (split_l2_norm(x_new - env.x) >= slack * st.dist)
             moved = moved & ~guarded
         x_b = jnp.where(bcast(moved, x_new), x_new, st.x_b)
