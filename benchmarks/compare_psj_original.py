@@ -134,8 +134,8 @@ def run_original(orig_dir: str, decide, x: np.ndarray, budget: int, seed: int, k
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--original", default=os.environ.get("PSJ_ORIGINAL", "/tmp/popskipjump"),
-                   help="folder of a cjsg/PopSkipJump checkout")
+    p.add_argument("--original", default=os.environ.get("PSJ_ORIGINAL"),
+                   help="folder of a cjsg/PopSkipJump checkout (default $PSJ_ORIGINAL)")
     p.add_argument("--n", type=int, nargs="+", default=[1, 10])
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -148,6 +148,10 @@ def main(argv=None) -> int:
         import torch  # noqa: F401
     except ImportError:
         print("torch is not installed: skipped")
+        return 0
+    if args.original is None:
+        print("no PopSkipJump checkout given: pass --original DIR or set PSJ_ORIGINAL "
+              "(clone https://github.com/cjsg/PopSkipJump): skipped")
         return 0
     missing = [f for f in NEEDED if not (Path(args.original) / f).is_file()]
     if missing:
