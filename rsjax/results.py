@@ -153,6 +153,19 @@ def open_run_dir(out: str | os.PathLike, config: Mapping[str, Any]) -> Path:
     return out
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace the file ``path`` by ``text`` in one step (written to ``PATH.tmp``, fsynced, then
+    ``os.replace``d): a process killed meanwhile leaves the old file or the new one, never a
+    truncated one that a resumed run could not parse."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def config_sidecar(path: str | os.PathLike) -> Path:
     """``PATH.config.json``: where the configuration of the single results file ``PATH`` lives."""
     return Path(os.fspath(path) + ".config.json")

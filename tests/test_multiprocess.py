@@ -179,8 +179,9 @@ def test_killed_process_ends_job_and_restart_resumes(tmp_path, smoke_cache, smok
     restart = [subprocess.Popen(_process_cmd(out, port, i, extra=rays), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for i in range(2)]
     results = [p.communicate(timeout=1800) for p in restart]
-    for p, (_, err) in zip(restart, results):
-        assert p.returncode == 0, err[-3000:]
+    failed = [f"process {i}: rc {p.returncode}\n{err[-3000:]}" for i, (p, (_, err)) in enumerate(zip(restart, results))
+              if p.returncode != 0]
+    assert not failed, "\n".join(failed)  # every failing process's own log, not only the first's
     _assert_same_as_reference(out, smoke_reference, attacks=("rays",))
     events = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert sorted(e["process"] for e in events if e["event"] == "start") == [0, 0, 1, 1]

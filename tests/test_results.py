@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rsjax.errors import InputError
-from rsjax.results import RecordStore, config_hash, open_run_dir, read_records, record_key
+from rsjax.results import RecordStore, config_hash, open_run_dir, read_records, record_key, write_text_atomic
 
 
 def test_store_dedupes_and_resumes(tmp_path):
@@ -39,3 +39,24 @@ def test_run_dir_refuses_other_config(tmp_path):
         open_run_dir(out, {"a": 1, "b": [1, 3]})
     assert json.loads((out / "config.json").read_text()) == {"a": 1, "b": [1, 2]}
     assert config_hash({"a": 1}) == config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_atomic_write_keeps_the_old_file_when_the_replace_never_happens(tmp_path, monkeypatch):
+    """A process stopped between writing the new text and replacing the file (here: os.replace
+    fails) leaves the previous file whole, so a resumed run can still parse it."""
+    import os
+
+    path = tmp_path / "env.json"
+    write_text_atomic(path, json.dumps({"a": 1}))
+    assert json.loads(path.read_text()) == {"a": 1}
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(path, json.dumps({"a": 2, "b": "x" * 10_000}))
+    assert json.loads(path.read_text()) == {"a": 1}
+    monkeypatch.undo()
+    write_text_atomic(path, json.dumps({"a": 3}))
+    assert json.loads(path.read_text()) == {"a": 3} and not (tmp_path / "env.json.tmp").exists()

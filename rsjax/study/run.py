@@ -73,9 +73,9 @@ def _log(msg: str) -> None:
 
 
 def _write_json(path: Path, value: Any, indent: int | None = 2) -> None:
-    from rsjax.results import dumps
+    from rsjax.results import dumps, write_text_atomic
 
-    path.write_text(json.dumps(json.loads(dumps(value)), indent=indent) + "\n")
+    write_text_atomic(path, json.dumps(json.loads(dumps(value)), indent=indent) + "\n")
 
 
 def _event(out: Path, **fields) -> None:
@@ -115,7 +115,7 @@ def open_study(config: SweepConfig, out: Path, log: Callable[[str], None], cache
     where process 0 trains the missing models and writes ``models.json`` and ``images.json``
     while the others wait, then load its checkpoints from the cache)."""
     from rsjax.data import load_dataset
-    from rsjax.results import RecordStore
+    from rsjax.results import RecordStore, write_text_atomic
 
     lead = jax.process_index() == 0
     data = load_dataset(config.data)
@@ -137,7 +137,7 @@ def open_study(config: SweepConfig, out: Path, log: Callable[[str], None], cache
     certify_ids = order[:max(config.certify_images, pos_last + 1)]
     eval_ids = order[:min(config.eval_images, len(order))]
     if lead:
-        (out / "images.json").write_text(json.dumps({
+        write_text_atomic(out / "images.json", json.dumps({
             "attacked": attacked.tolist(), "certified": certify_ids.tolist(),
             "evaluated": {"count": int(len(eval_ids)), "first": eval_ids[:10].tolist()}}) + "\n")
     suffix = "" if jax.process_count() == 1 else f".p{jax.process_index()}"
@@ -161,11 +161,21 @@ def _cast_models(config: SweepConfig, classifiers: dict, images: np.ndarray, log
     return out, checks
 
 
+def _read_json_object(path: Path) -> dict | None:
+    """The JSON object in ``path``; None if the file is absent or unreadable (e.g. truncated by a
+    kill while an rsjax older than the atomic writes was rewriting it)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _update_env(out: Path, **fields) -> None:
     """Merge ``fields`` into ``env.json`` (the memory plan, the dtype check, the peak memory);
     process i > 0 of a multi-process run writes its own ``env.p<i>.json``."""
     path = out / ("env.json" if jax.process_index() == 0 else f"env.p{jax.process_index()}.json")
-    env = json.loads(path.read_text()) if path.exists() else {}
+    env = _read_json_object(path) or {}
     env.update(fields)
     _write_json(path, env)
 
@@ -347,7 +357,7 @@ def run_sweep(config: SweepConfig, out: str | os.PathLike, *, progress: bool = T
         distributed.barrier("open")
     out = open_run_dir(out, config.to_dict())
     if lead:
-        if not (out / "env.json").exists():
+        if _read_json_object(out / "env.json") is None:
             _write_json(out / "env.json", environment_info(config.seed))
         distributed.barrier("open")
     _event(out, event="start", time=time.time(), devices=[str(d) for d in jax.devices()])
