@@ -68,15 +68,35 @@ def smoke_cache() -> Path:
     return cache_for_tests()
 
 
-@pytest.fixture(scope="session")
-def smoke_reference(tmp_path_factory, smoke_cache) -> Path:
-    """An uninterrupted single-process smoke run (it also fills the checkpoint and XLA caches),
-    shared by test_sweep.py and test_multiprocess.py."""
+def _smoke_run(out: Path, cache: Path) -> None:
     import subprocess
 
     from sweep_helpers import sweep_cmd, sweep_env
 
-    out = tmp_path_factory.mktemp("smoke") / "ref"
-    p = subprocess.run(sweep_cmd(out), env=sweep_env(smoke_cache), capture_output=True, text=True, timeout=1800)
+    p = subprocess.run(sweep_cmd(out), env=sweep_env(cache), capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(tmp_path_factory, smoke_cache, worker_id) -> Path:
+    """An uninterrupted single-process smoke run (it also fills the checkpoint and XLA caches),
+    shared by test_sweep.py and test_multiprocess.py. Under pytest-xdist it is made once for
+    all workers (the first to need it makes it under a file lock in the run's common temporary
+    directory; the others wait and read it): two workers making it side by side cost the 2-core
+    CI ~4 minutes. Tests only read it."""
+    if worker_id == "master":
+        out = tmp_path_factory.mktemp("smoke") / "ref"
+        _smoke_run(out, smoke_cache)
+        return out
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp().parent  # this run's directory, common to its workers
+    out, done = root / "smoke-reference" / "ref", root / "smoke-reference" / "done"
+    with open(root / "smoke-reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.parent.mkdir(exist_ok=True)
+            _smoke_run(out, smoke_cache)
+            done.touch()
     return out
