@@ -147,9 +147,7 @@ def open_run_dir(out: str | os.PathLike, config: Mapping[str, Any]) -> Path:
                 f"{out} holds results of another configuration (differs in {diff}); "
                 f"choose a new --out directory or delete {out}")
     else:
-        tmp = cfg_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, cfg_path)
+        write_text_atomic(cfg_path, json.dumps(new, indent=2, sort_keys=True) + "\n")
     return out
 
 
@@ -209,10 +207,8 @@ def bind_results_file(path: str | os.PathLike, config: Mapping[str, Any], has_re
                 f"{path} holds results of another configuration (per {sidecar.name}; differs in "
                 f"{'; '.join(diff)}); choose another --out or delete {path} and {sidecar.name}")
         return sidecar
-    tmp = sidecar.with_name(sidecar.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, sidecar)
+        write_text_atomic(sidecar, json.dumps(new, indent=2, sort_keys=True) + "\n")
     except OSError as e:
         raise InputError(f"cannot write the configuration file {sidecar} of {path}: {e.strerror or e}") from None
     return sidecar

@@ -115,7 +115,7 @@ def open_study(config: SweepConfig, out: Path, log: Callable[[str], None], cache
     where process 0 trains the missing models and writes ``models.json`` and ``images.json``
     while the others wait, then load its checkpoints from the cache)."""
     from rsjax.data import load_dataset
-    from rsjax.results import RecordStore, write_text_atomic
+    from rsjax.results import RecordStore
 
     lead = jax.process_index() == 0
     data = load_dataset(config.data)
@@ -137,9 +137,9 @@ def open_study(config: SweepConfig, out: Path, log: Callable[[str], None], cache
     certify_ids = order[:max(config.certify_images, pos_last + 1)]
     eval_ids = order[:min(config.eval_images, len(order))]
     if lead:
-        write_text_atomic(out / "images.json", json.dumps({
+        _write_json(out / "images.json", {
             "attacked": attacked.tolist(), "certified": certify_ids.tolist(),
-            "evaluated": {"count": int(len(eval_ids)), "first": eval_ids[:10].tolist()}}) + "\n")
+            "evaluated": {"count": int(len(eval_ids)), "first": eval_ids[:10].tolist()}}, indent=None)
     suffix = "" if jax.process_count() == 1 else f".p{jax.process_index()}"
     stores = {"accuracy": RecordStore(out / "accuracy.jsonl")} if lead else {}
     stores.update({kind: RecordStore(out / f"{kind}{suffix}.jsonl") for kind in ("certify", "reference", "records")})
