@@ -21,6 +21,14 @@ Outputs (``--out``): ``per_image.csv`` (verified distortion of every attack and 
 intervals), ``gap.csv`` (per setting and plain/noise-aware pair: the share of the gap between the
 plain attack and the floor that the noise-aware attack closes, with a paired 95 % bootstrap
 interval) and ``table.md``.
+
+Merging a re-run into a committed results folder (``--merge-into DIR``): when some attacks or
+settings were re-run later on the same model (a fixed attack, another n), their records replace
+or extend DIR's and DIR's tables are rewritten; the run must be the same experiment where the two
+overlap (see :func:`merge_into`):
+
+    python experiments/noise_aware.py --run runs/na-cifar-psj --merge-into docs/results/noise_aware/cifar-r20-s0.25 \
+        --merge-attacks psj
 """
 from __future__ import annotations
 
@@ -53,6 +61,15 @@ def parse_args(argv=None):
     p.add_argument("--shrink", type=float, default=0.0625,
                    help="candidate handed to the verifier: x_o + shrink * delta_best (1/16)")
     p.add_argument("--tables-only", action="store_true", help="only write the tables from the records")
+    p.add_argument("--merge-into", default=None, metavar="DIR",
+                   help="merge the run's records into the results folder DIR (after the floor step unless "
+                        "--tables-only) and rewrite DIR's tables; see merge_into")
+    p.add_argument("--merge-attacks", nargs="+", default=None, metavar="ATTACK",
+                   help="with --merge-into: the attacks (and/or 'smoothadv' for the floor) whose records replace "
+                        "DIR's; the run's records of any other attack must equal DIR's where DIR has them "
+                        "(default: every attack of the run replaces)")
+    p.add_argument("--check-only", action="store_true",
+                   help="with --merge-into: run the checks and print what would change, write nothing")
     return p.parse_args(argv)
 
 
@@ -188,7 +205,7 @@ def collect(run: Path) -> dict:
     from rsjax.results import read_records
 
     table: dict = {}
-    recs = [r for r in read_records(run / "records.jsonl") if r["criterion"] == "label"]
+    recs = [r for r in read_records(run / "records.jsonl") if r.get("criterion", "label") == "label"]
     floor = run / "floor.jsonl"
     recs += read_records(floor) if floor.exists() else []
     for r in recs:
@@ -269,6 +286,138 @@ def write_tables(run: Path, out: Path) -> str:
     return text
 
 
+# ---------------------------------------------------------------------------------------------
+# Merging a re-run into a committed results folder
+# ---------------------------------------------------------------------------------------------
+SIDE_KINDS = ("reference", "accuracy", "certify")
+_MISSING = object()
+
+
+class MergeError(ValueError):
+    """The run and the results folder are not the same experiment where they overlap."""
+
+
+def _timing(field: str) -> bool:
+    """Wall-clock fields, the only ones allowed to differ between two runs of the same experiment."""
+    return field == "seconds" or field.endswith("_seconds")
+
+
+def _differs(dest: dict, run: dict) -> str | None:
+    """The first field of ``dest`` (timings aside) whose value ``run`` does not have, else None."""
+    for k, v in dest.items():
+        if not _timing(k) and run.get(k, _MISSING) != v:
+            return k
+    return None
+
+
+def _setting(r: dict) -> tuple:
+    """An attack or floor record's identity: (attack, model, sigma, n, P_a, image)."""
+    return (r["attack"], r["model"], float(r["sigma"]), int(r["n"]), float(r["p_a"]), int(r["image"]))
+
+
+def _read(path: Path) -> list[dict]:
+    from rsjax.results import read_records
+
+    return read_records(path) if path.exists() else []
+
+
+def _jsonl(recs: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in recs)
+
+
+def merge_into(run: Path, dest: Path, attacks: set[str] | None = None, write: bool = True) -> dict:
+    """Merge a run directory's records into a committed results folder ``dest`` and rewrite its tables.
+
+    Checks first (a :class:`MergeError` names the first disagreement; nothing is written then):
+    the run's ``images.json`` attacked list equals ``dest``'s, and each of its reference-label,
+    accuracy and CERTIFY records whose key ``dest`` has is equal to it in every field but the
+    timings (the same model, data and seed: a retrained model that differs is another
+    experiment). Records of attacks not in ``attacks`` (and floor records, unless ``smoothadv``
+    is in ``attacks``) must equal ``dest``'s of the same (attack, model, sigma, n, P_a, image)
+    on ``dest``'s fields.
+
+    Then: the run's label-criterion records of ``attacks`` (every attack of the run when None)
+    replace ``dest``'s of the same identity in place, trimmed to ``dest``'s record fields
+    (``dest`` keeps the sweep's records without their keys); records of settings ``dest`` lacks
+    are appended, as are side and floor records it lacks; ``write_tables(dest, dest)`` rewrites
+    ``table.md``, ``summary.csv``, ``gap.csv`` and ``per_image.csv``. Returns counts per kind.
+    """
+    from rsjax.results import write_text_atomic
+
+    run, dest = Path(run), Path(dest)
+    if not (dest / "records.jsonl").exists():
+        raise MergeError(f"{dest} has no records.jsonl: not a results folder (one holds a sweep's records.jsonl "
+                         f"and floor.jsonl beside its tables)")
+    if not (run / "records.jsonl").exists():
+        raise MergeError(f"{run} has no records.jsonl: not a sweep run directory")
+    report: dict = {}
+    ri, di = run / "images.json", dest / "images.json"
+    if ri.exists() and di.exists():
+        a, b = json.loads(ri.read_text())["attacked"], json.loads(di.read_text())["attacked"]
+        if a != b:
+            raise MergeError(f"images.json: the run attacked {len(a)} images {a[:5]}..., {dest} {len(b)} "
+                             f"{b[:5]}...: another image selection (same --images and seed needed)")
+    side_out = {}
+    for kind in SIDE_KINDS:
+        d, r = _read(dest / f"{kind}.jsonl"), _read(run / f"{kind}.jsonl")
+        have = {x["key"]: x for x in d}
+        same, added = 0, []
+        for x in r:
+            if x["key"] in have:
+                f = _differs(have[x["key"]], x)
+                if f is not None:
+                    raise MergeError(f"{kind} record {x['key']!r}: field {f!r} is {x.get(f)!r} in the run, "
+                                     f"{have[x['key']].get(f)!r} in {dest}: not the same model or data")
+                same += 1
+            else:
+                added.append(x)
+        report[kind] = {"identical": same, "added": len(added)}
+        if added:
+            side_out[kind] = d + added
+
+    def merge_kind(d: list[dict], r: list[dict], replaced: set[str] | None, label: str) -> list[dict] | None:
+        fields = list(dict.fromkeys(k for x in d for k in x)) if d else None
+        index = {_setting(x): j for j, x in enumerate(d)}
+        out, new, counts = list(d), {}, {"identical": 0, "replaced": 0, "changed": 0, "added": 0}
+        for x in r:
+            if x.get("criterion", "label") != "label":
+                continue
+            trimmed = {k: x.get(k) for k in fields} if fields else x
+            j = index.get(_setting(x))
+            if replaced is None or x["attack"] in replaced:
+                if j is None:
+                    new.setdefault(_setting(x), trimmed)
+                else:
+                    counts["replaced"] += 1
+                    counts["changed"] += _differs(d[j], x) is not None
+                    out[j] = trimmed
+            elif j is None:
+                new.setdefault(_setting(x), trimmed)
+            else:
+                f = _differs(d[j], x)
+                if f is not None:
+                    raise MergeError(f"{label} record {_setting(x)}: field {f!r} is {x.get(f)!r} in the run, "
+                                     f"{d[j].get(f)!r} in {dest}; pass --merge-attacks {x['attack']} to replace "
+                                     f"that attack's records")
+                counts["identical"] += 1
+        counts["added"] = len(new)
+        report[label] = counts
+        return out + list(new.values()) if counts["replaced"] or new else None
+
+    floor_replaced = None if attacks is None or FLOOR in attacks else set()
+    rec_out = merge_kind(_read(dest / "records.jsonl"), _read(run / "records.jsonl"), attacks, "records")
+    floor_out = merge_kind(_read(dest / "floor.jsonl"), _read(run / "floor.jsonl"), floor_replaced, "floor")
+    if write:
+        for kind, recs in side_out.items():
+            write_text_atomic(dest / f"{kind}.jsonl", _jsonl(recs))
+        if rec_out is not None:
+            write_text_atomic(dest / "records.jsonl", _jsonl(rec_out))
+        if floor_out is not None:
+            write_text_atomic(dest / "floor.jsonl", _jsonl(floor_out))
+        write_tables(dest, dest)
+    return report
+
+
 def main(argv=None) -> int:
     from rsjax.cache import enable_compilation_cache
     from rsjax.errors import RsjaxError
@@ -281,8 +430,16 @@ def main(argv=None) -> int:
         if not args.tables_only:
             enable_compilation_cache(cache)
             run_floor(run, cache, args.m, args.steps, not args.fixed_noise, args.shrink)
+        if args.merge_into:
+            report = merge_into(run, Path(args.merge_into), set(args.merge_attacks) if args.merge_attacks else None,
+                                write=not args.check_only)
+            for kind, counts in report.items():
+                print(f"{kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            if not args.check_only:
+                print((Path(args.merge_into) / "table.md").read_text())
+            return 0
         print(write_tables(run, out))
-    except RsjaxError as e:
+    except (RsjaxError, MergeError) as e:
         print(f"noise_aware: error: {e}", file=sys.stderr)
         return 2
     return 0

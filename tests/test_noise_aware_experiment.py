@@ -69,3 +69,67 @@ def test_noise_aware_preset():
     # the default preset's standard model (the same cached checkpoint)
     assert cfg.models[0] == preset("default").models[0].__class__(**{**preset("default").models[0].__dict__,
                                                                        "sigmas": None})
+
+
+def _write(path: Path, recs) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _results_folder(mod, tmp_path):
+    """A committed results folder (trimmed records: no key, no criterion) and a run that re-made
+    psj at n = 1 and added n = 10."""
+    dest, run = tmp_path / "dest", tmp_path / "run"
+    dest.mkdir()
+    run.mkdir()
+    ref = [{"key": f"reference|{i}", "kind": "reference", "image": i, "prediction": 1, "seconds": 0.1}
+           for i in range(6)]
+    _write(dest / "reference.jsonl", ref)
+    _write(run / "reference.jsonl", [{**r, "seconds": 9.0} for r in ref])  # timings may differ
+    keep = ("attack", "model", "sigma", "n", "p_a", "image", "status", "verified_l2")
+    old = [_rec(a, i, 10.0 + i if a == "hsja" else 6.0 + i) for a in ("hsja", "psj") for i in range(6)]
+    _write(dest / "records.jsonl", [{k: r[k] for k in keep} for r in old])
+    _write(dest / "floor.jsonl", [_rec("smoothadv", i, 1.0, kind="floor") for i in range(6)])
+    new = ([_rec("hsja", i, 10.0 + i) for i in range(6)] + [_rec("psj", i, 5.0 + i) for i in range(6)]
+           + [_rec(a, i, 3.0 + i, n=10) for a in ("hsja", "psj") for i in range(6)])
+    _write(run / "records.jsonl", [{**r, "attack_seconds": 1.0, "extra": 1} for r in new])
+    _write(run / "floor.jsonl", [_rec("smoothadv", i, 1.0, kind="floor") for i in range(6)]
+           + [_rec("smoothadv", i, 0.5, n=10, kind="floor") for i in range(6)])
+    return dest, run, keep
+
+
+def test_merge_into_replaces_and_adds(tmp_path):
+    mod = load_script()
+    dest, run, keep = _results_folder(mod, tmp_path)
+    report = mod.merge_into(run, dest, {"psj"})
+    assert report["reference"] == {"identical": 6, "added": 0}
+    assert report["records"] == {"identical": 6, "replaced": 6, "changed": 6, "added": 12}
+    assert report["floor"] == {"identical": 6, "replaced": 0, "changed": 0, "added": 6}
+    recs = [json.loads(line) for line in (dest / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 24 and all(list(r) == list(keep) for r in recs)  # trimmed to the folder's fields
+    by = {(r["attack"], r["n"], r["image"]): r["verified_l2"] for r in recs}
+    assert by[("psj", 1, 2)] == 7.0 and by[("hsja", 1, 2)] == 12.0 and by[("psj", 10, 2)] == 5.0
+    summary = {(r["attack"], int(r["n"])): r for r in csv.DictReader(open(dest / "summary.csv"))}
+    assert float(summary[("psj", 1)]["median"]) == 7.5 and summary[("smoothadv", 10)]["verified"] == "6"
+    # merging the same run again changes nothing
+    again = mod.merge_into(run, dest, {"psj"}, write=False)
+    assert again["records"] == {"identical": 12, "replaced": 12, "changed": 0, "added": 0}
+
+
+def test_merge_into_refuses_another_experiment(tmp_path):
+    import pytest
+
+    mod = load_script()
+    dest, run, _ = _results_folder(mod, tmp_path)
+    before = {p.name: p.read_text() for p in dest.iterdir()}
+    recs = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    recs[0]["verified_l2"] = 99.0  # an hsja record the run made differently
+    _write(run / "records.jsonl", recs)
+    with pytest.raises(mod.MergeError, match=r"'verified_l2'.*--merge-attacks hsja"):
+        mod.merge_into(run, dest, {"psj"})
+    assert mod.merge_into(run, dest, {"psj", "hsja"}, write=False)["records"]["changed"] == 7
+    ref = [json.loads(line) for line in (run / "reference.jsonl").read_text().splitlines()]
+    ref[3]["prediction"] = 2  # another model
+    _write(run / "reference.jsonl", ref)
+    with pytest.raises(mod.MergeError, match=r"reference record 'reference\|3': field 'prediction'"):
+        mod.merge_into(run, dest, {"psj", "hsja"})
+    assert {p.name: p.read_text() for p in dest.iterdir()} == before  # nothing written
