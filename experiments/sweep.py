@@ -147,6 +147,9 @@ def main(argv=None) -> int:
     except RsjaxError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return _leave(2, spec)
+    except distributed.PeerFailedError as e:
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return _leave(1, spec)
     except BaseException:
         if spec is None:
             raise

@@ -75,6 +75,27 @@ def test_cli_bad_process_flags_exit_2(capsys):
     assert rc == 2 and "--heartbeat-timeout" in capsys.readouterr().err
 
 
+def test_failed_barrier_wait_is_a_peer_failed_error(monkeypatch):
+    """A barrier wait that the runtime fails (a peer's heartbeats stopped while this process
+    waited: CI saw process 0 finish its share first) is a PeerFailedError naming the barrier and
+    saying how to resume, with the runtime's error chained."""
+    import jax
+
+    class Client:
+        def wait_at_barrier(self, name, timeout_ms):
+            assert name == "rsjax/done" and timeout_ms == distributed.BARRIER_TIMEOUT_MS
+            raise RuntimeError("INTERNAL: Barrier failed because: task is set to ERROR: UNAVAILABLE: "
+                               "Task 1 heartbeat timeout.\nRPC: /xla.coordination.CoordinationService/Barrier")
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    monkeypatch.setattr(distributed, "_client", lambda: Client())
+    with pytest.raises(distributed.PeerFailedError, match=r"process 0 waited at barrier 'done': INTERNAL: "
+                       r"Barrier failed .*Task 1 heartbeat timeout\. Records .*start the same job again") as info:
+        distributed.barrier("done")
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
 def test_certify_shares_are_disjoint_and_hold_own_attacked_images():
     certify = np.array([9, 4, 7, 1, 0, 3, 8, 2, 6, 5])
     attacked = np.array([4, 1, 3, 8, 6])
@@ -170,7 +191,9 @@ def test_killed_process_ends_job_and_restart_resumes(tmp_path, smoke_cache, smok
                 p.kill()
                 p.wait()
     assert procs[0].returncode != 0, "process 0 went on without its peer"
-    assert "distributed service detected fatal errors" in err0, err0[-2000:]
+    # ended by the runtime: aborted while computing, or its wait at a barrier failed (PeerFailedError)
+    assert ("distributed service detected fatal errors" in err0
+            or "another process of the job failed" in err0), err0[-2000:]
     assert ended_after < 120, ended_after
     partial, _ = merged(out, "records")
     assert len(partial) >= 6 and not (out / "report.md").exists()

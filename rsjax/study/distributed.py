@@ -10,8 +10,10 @@ runtime (:func:`barrier`) and exchange small values through its key-value store
 
 Failure: the runtime's heartbeats (``heartbeat_timeout`` seconds) detect a dead process and JAX
 then terminates every other process of the job (SIGABRT, "the JAX distributed service detected
-fatal errors"); records already appended are on disk (each task's records are appended and
-fsynced as one write), so starting the same job again resumes it. A process cannot rejoin a
+fatal errors"), or, when a process is already waiting at a barrier, the runtime fails that
+wait ("Task k heartbeat timeout") and :func:`barrier` raises :class:`PeerFailedError`; records
+already appended are on disk (each task's records are appended and fsynced as one write), so
+starting the same job again resumes it. A process cannot rejoin a
 running job: the whole job is restarted.
 """
 from __future__ import annotations
@@ -137,12 +139,26 @@ def _client():
     return distributed.global_state.client
 
 
+class PeerFailedError(RuntimeError):
+    """Another process of the job died (or the coordinator went away) while this one waited."""
+
+
 def barrier(name: str) -> None:
-    """Wait until every process of the job reaches the barrier ``name`` (no-op with one process)."""
+    """Wait until every process of the job reaches the barrier ``name`` (no-op with one process).
+
+    Raises :class:`PeerFailedError` when the runtime fails the wait (a peer's heartbeats stopped):
+    the message says that the whole job is to be started again to resume."""
     import jax
 
     if jax.process_count() > 1:
-        _client().wait_at_barrier(f"rsjax/{name}", BARRIER_TIMEOUT_MS)
+        try:
+            _client().wait_at_barrier(f"rsjax/{name}", BARRIER_TIMEOUT_MS)
+        except Exception as err:  # jax.errors.JaxRuntimeError (its class moved between versions)
+            cause = (str(err).splitlines() or [type(err).__name__])[0].rstrip(". ")
+            raise PeerFailedError(
+                f"another process of the job failed while process {jax.process_index()} waited at barrier "
+                f"{name!r}: {cause}. Records written "
+                "so far are kept: start the same job again (every process) to resume it") from err
 
 
 def publish(name: str, value: str) -> None:
