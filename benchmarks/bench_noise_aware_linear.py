@@ -13,6 +13,9 @@ evaluator accepts only points whose level it has shown to be >= 1/2, so even a p
 reported above 1 (by the test's tolerance; it shrinks with ``--verify-calls``).
 
     .venv/bin/python benchmarks/bench_noise_aware_linear.py --n 1 10 --images 8 --seeds 0 1
+
+Several ``--queries`` give the budget curve (each budget is a separate run of the attack, as a
+user with that budget would run it; the verifier floor does not depend on the budget).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, nargs="+", default=[1, 10])
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--queries", type=int, nargs="+", default=[1000])
     p.add_argument("--attacks", nargs="+", default=list(PAIRS))
     p.add_argument("--verify-calls", type=int, default=800)
     p.add_argument("--json-out", default=None)
@@ -50,13 +53,14 @@ def main(argv=None) -> int:
 
     cfg = VerifyConfig(calls=args.verify_calls)
     out: dict = {}
-    print(f"{args.images} images x seeds {args.seeds}, {args.queries} queries, sigma {SIGMA}, P_a = 1/2, "
+    print(f"{args.images} images x seeds {args.seeds}, queries {args.queries}, sigma {SIGMA}, P_a = 1/2, "
           f"verifier {args.verify_calls} calls a point")
-    print("| n | attack | median verified / eq. (6) | quartiles | max | within 10 % | wall s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| n | attack | queries | median verified / eq. (6) | quartiles | max | within 10 % | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in args.n:
         for na in args.attacks:
-            for name in (na, PAIRS[na], "verifier floor"):
+            runs = [(name, q) for name in (na, PAIRS[na]) for q in args.queries] + [("verifier floor", None)]
+            for name, queries in runs:
                 ratios, wall = [], 0.0
                 for seed in args.seeds:
                     x, y, w, b, r = linear_rs_problem(na, r_o=np.linspace(0.3, 0.45, args.images), seed=seed)
@@ -67,14 +71,14 @@ def main(argv=None) -> int:
                         x_adv = (x + exact[:, None, None, None] * u[None]).astype(np.float32)
                     else:
                         t = time.perf_counter()
-                        x_adv = get_attack(name).run(oracle, x, y, seed, args.queries, check_clean=False).x_adv
+                        x_adv = get_attack(name).run(oracle, x, y, seed, queries, check_clean=False).x_adv
                         wall += time.perf_counter() - t
                     ver = verify_attack(oracle, x, x_adv, y, 0.5, jax.random.key(101), config=cfg)
                     ratios.append((ver.linf if metric_of(na) == "linf" else ver.l2) / exact)
                 ratio = np.concatenate(ratios)
                 q1, q3 = np.quantile(ratio, [0.25, 0.75])
-                out[f"n={n},{na},{name}"] = ratio.tolist()
-                print(f"| {n} | {name} | {np.median(ratio):.3f} | {q1:.3f} - {q3:.3f} | {ratio.max():.3f} | "
+                out[f"n={n},{na},{name}" + (f",{queries}" if queries else "")] = ratio.tolist()
+                print(f"| {n} | {name} | {queries or '-'} | {np.median(ratio):.3f} | {q1:.3f} - {q3:.3f} | {ratio.max():.3f} | "
                       f"{(ratio <= 1.1).mean():.0%} | {wall:.0f} |", flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out))
