@@ -290,6 +290,9 @@ def write_tables(run: Path, out: Path) -> str:
 # Merging a re-run into a committed results folder
 # ---------------------------------------------------------------------------------------------
 SIDE_KINDS = ("reference", "accuracy", "certify")
+#: per-image fields of attack records that depend on the model, the data and the seed, not on
+#: the attack (the reference label, the CERTIFY radius, the clean image's measured level)
+IMAGE_FIELDS = ("reference", "radius", "clean_level")
 _MISSING = object()
 
 
@@ -341,6 +344,11 @@ def merge_into(run: Path, dest: Path, attacks: set[str] | None = None, write: bo
     (``dest`` keeps the sweep's records without their keys); records of settings ``dest`` lacks
     are appended, as are side and floor records it lacks; ``write_tables(dest, dest)`` rewrites
     ``table.md``, ``summary.csv``, ``gap.csv`` and ``per_image.csv``. Returns counts per kind.
+
+    A folder that keeps no side records of a kind (no ``{kind}.jsonl``: the Fashion-MNIST folders)
+    is not given them; there the model is checked through the attack records: every run record's
+    :data:`IMAGE_FIELDS` must equal those of ``dest``'s records of the same (model, sigma, n, P_a,
+    image), whatever their attack.
     """
     from rsjax.results import write_text_atomic
 
@@ -359,6 +367,9 @@ def merge_into(run: Path, dest: Path, attacks: set[str] | None = None, write: bo
                              f"{b[:5]}...: another image selection (same --images and seed needed)")
     side_out = {}
     for kind in SIDE_KINDS:
+        if not (dest / f"{kind}.jsonl").exists():
+            report[kind] = {"not kept in the folder": len(_read(run / f"{kind}.jsonl"))}
+            continue
         d, r = _read(dest / f"{kind}.jsonl"), _read(run / f"{kind}.jsonl")
         have = {x["key"]: x for x in d}
         same, added = 0, []
@@ -404,6 +415,16 @@ def merge_into(run: Path, dest: Path, attacks: set[str] | None = None, write: bo
         report[label] = counts
         return out + list(new.values()) if counts["replaced"] or new else None
 
+    image_fields: dict[tuple, dict] = {}
+    for x in _read(dest / "records.jsonl"):
+        image_fields.setdefault(_setting(x)[1:], {k: x[k] for k in IMAGE_FIELDS if k in x})
+    for x in _read(run / "records.jsonl"):
+        if x.get("criterion", "label") != "label":
+            continue
+        for k, v in image_fields.get(_setting(x)[1:], {}).items():
+            if x.get(k, _MISSING) != v:
+                raise MergeError(f"{x['attack']} record {_setting(x)}: field {k!r} is {x.get(k)!r} in the run, {v!r} "
+                                 f"in {dest}'s records of that image: not the same model or data")
     floor_replaced = None if attacks is None or FLOOR in attacks else set()
     rec_out = merge_kind(_read(dest / "records.jsonl"), _read(run / "records.jsonl"), attacks, "records")
     floor_out = merge_kind(_read(dest / "floor.jsonl"), _read(run / "floor.jsonl"), floor_replaced, "floor")

@@ -12,7 +12,7 @@ import pytest
 
 from rsjax.attacks import ATTACKS, get_attack
 from rsjax.attacks.common import AttackEnv, bcast, initial_core
-from rsjax.attacks.noisy import prob_bisection, record_answer, sprt
+from rsjax.attacks.noisy import NeutralTest, prob_bisection, record_answer, sprt
 from rsjax.models.linear import linear_logits_fn
 from rsjax.oracle import ModelOracle, OracleAnswer, SmoothedOracle, image_keys
 from rsjax.theory import distortion_lower_bound
@@ -229,6 +229,48 @@ def test_sprt_mixed_and_bisection_enough():
     assert np.all((lo <= 0.4) & (0.4 < hi)) and np.allclose(hi - lo, 2 / 256)
 
 
+def test_neutral_sprt_rejects_level_half_and_accepts_clearly_better():
+    """The symmetric SPRT is a coin flip at level 1/2 (about half of 256 rows say "yes");
+    :class:`NeutralTest` (H0 at 1/2) says "yes" at level 1/2 on at most ~alpha of the rows and
+    at level p1 on at least ~1 - beta, within its own cap; in one batch the other rows keep the
+    symmetric test and its cap, exactly as in a batch of their own."""
+    b, p1 = 256, 0.8
+    env, core = _segment_env(b, 1000)
+    far = jnp.full(env.x.shape, 0.9)
+    every = jnp.ones(b, bool)
+    sym, _ = sprt(CoinOracle(), env, core, far, every, p1, max_queries=40)
+    assert 0.35 <= np.asarray(sym.adversarial).mean() <= 0.65
+    neutral = NeutralTest(every, alpha=0.2, beta=0.2, max_queries=40)
+    coin, c2 = sprt(CoinOracle(), env, core, far, every, p1, max_queries=10, neutral=neutral)
+    assert np.asarray(coin.adversarial).mean() <= 0.25
+    assert np.asarray(coin.queries).max() <= 40 and np.asarray(c2.queries).max() <= 40
+    better, _ = sprt(FlipOracle(0.4, p1), env, core, far, every, p1, max_queries=10, neutral=neutral)
+    assert np.asarray(better.adversarial).mean() >= 0.75
+    sure, _ = sprt(FlipOracle(0.4, 1.0), env, core, far, every, p1, max_queries=10, neutral=neutral)
+    # log((1 - beta) / alpha) / log(2 p1) = 1.386 / 0.470: 3 answers
+    assert np.asarray(sure.adversarial).all() and (np.asarray(sure.queries) == 3).all()
+    rows = jnp.arange(b) % 2 == 0
+    mixed, _ = sprt(CoinOracle(), env, core, far, every, p1, max_queries=10, neutral=neutral._replace(rows=rows))
+    alone, _ = sprt(CoinOracle(), env, core, far, every, p1, max_queries=10)
+    odd = ~np.asarray(rows)
+    for f in ("adversarial", "queries", "llr"):
+        np.testing.assert_array_equal(np.asarray(getattr(mixed, f))[odd], np.asarray(getattr(alone, f))[odd])
+    assert np.asarray(mixed.queries)[odd].max() <= 10 and np.asarray(mixed.queries)[~odd].max() <= 40
+
+
+def test_rays_na_neutral_test_changes_nothing_on_a_deterministic_oracle():
+    """A deterministic oracle never shows randomness, so rays_na's neutral test never applies:
+    identical results with and without it; under RS both are valid runs of the budget."""
+    x, y, w, b, r = linear_rs_problem("rays_na")
+    det = ModelOracle(linear_logits_fn(w, b), 2)
+    on = get_attack("rays_na").run(det, x, y, 0, 300)
+    off = get_attack("rays_na", neutral_test=False).run(det, x, y, 0, 300)
+    assert_same_result(on, off)
+    rs = SmoothedOracle(linear_logits_fn(w, b), 2, SIGMA, 1)
+    for attack in (get_attack("rays_na"), get_attack("rays_na", neutral_test=False)):
+        assert_sane(attack.run(rs, x, y, 0, 300, check_clean=False), 300)
+
+
 def test_surfree_na_deterministic_reports_answered_adversarial_points():
     """Against a deterministic oracle surfree_na never proves randomness, so it keeps SurFree's
     choice, the closest point answered adversarial, instead of a posterior median that may lie
@@ -252,6 +294,10 @@ def test_registry():
         get_attack("psj", p_c=0.4)
     with pytest.raises(InputError, match="grid"):
         get_attack("rays_na", grid=1)
+    with pytest.raises(InputError, match="neutral_alpha"):
+        get_attack("rays_na", neutral_alpha=0.5)
+    with pytest.raises(InputError, match="neutral_max_queries"):
+        get_attack("rays_na", neutral_max_queries=0)
     with pytest.raises(InputError, match="bisect_after"):
         get_attack("surfree_na", bisect_after=-1)
     with pytest.raises(InputError, match="monotone_growth"):
@@ -310,7 +356,8 @@ def test_rs_verified_distortion_vs_exact_level_distance(na):
 #: medians of verified / eq. (6) measured on these 2 images (seed 0), plain in brackets:
 #: n=1 psj 1.40 (hsja 2.60), rays_na 2.14 (rays inf/4.62), surfree_na 2.12 (surfree 5.19);
 #: n=10 psj 1.19 (hsja 3.22), rays_na 1.37 (rays 1.70), surfree_na 1.59 (surfree 6.10);
-#: the bounds add ~15 % (surfree_na: 2.43 / 1.59 before session 8's deterministic mode).
+#: the bounds add ~15 % (surfree_na: 2.43 / 1.59 before session 8's deterministic mode; rays_na
+#: 1.65 / 1.27 since session 15's neutral test, kept under the earlier bounds).
 #: Far from the 10 % goal at n = 1: see the report of issue 16.
 BOUNDS = {("psj", 1): 1.6, ("psj", 10): 1.37, ("rays_na", 1): 2.5, ("rays_na", 10): 1.6,
           ("surfree_na", 1): 2.45, ("surfree_na", 10): 1.85}

@@ -133,3 +133,25 @@ def test_merge_into_refuses_another_experiment(tmp_path):
     with pytest.raises(mod.MergeError, match=r"reference record 'reference\|3': field 'prediction'"):
         mod.merge_into(run, dest, {"psj", "hsja"})
     assert {p.name: p.read_text() for p in dest.iterdir()} == before  # nothing written
+
+
+def test_merge_into_a_folder_without_side_records_checks_the_model_on_attack_records(tmp_path):
+    """The Fashion-MNIST folders keep no reference/accuracy/CERTIFY records: a merge does not
+    add them, and checks the model through the attack records' per-image fields (reference label,
+    CERTIFY radius, clean level), whatever the attack."""
+    import pytest
+
+    mod = load_script()
+    dest, run, _ = _results_folder(mod, tmp_path)
+    (dest / "reference.jsonl").unlink()
+    for folder in (dest, run):
+        recs = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+        _write(folder / "records.jsonl", [{**r, "reference": 1, "radius": 0.1 * r["image"]} for r in recs])
+    report = mod.merge_into(run, dest, {"psj"}, write=False)
+    assert report["reference"] == {"not kept in the folder": 6} and report["records"]["replaced"] == 6
+    recs = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    recs[11]["radius"] = 0.25  # psj, n = 1, image 5: another model
+    _write(run / "records.jsonl", recs)
+    with pytest.raises(mod.MergeError, match=r"psj record .*field 'radius' is 0.25 in the run, 0.5 in"):
+        mod.merge_into(run, dest, {"psj"})
+    assert not (dest / "reference.jsonl").exists()

@@ -12,7 +12,18 @@ level-1/2 boundary point (:func:`rsjax.attacks.noisy.set_current`).
 rays_na, one step per candidate direction (RayS's block schedule unchanged):
   * candidate s' = s with the current block negated (level 0: everything), as RayS;
   * SPRT "clip(x + d_t u(s')) is adversarial" (d_t = inf: the saturated image), at most
-    ``sprt_max_queries`` answers;
+    ``sprt_max_queries`` answers; once the oracle is shown random (an SPRT's answers differ or
+    a bisection answered one grid edge both ways: ``random``), the neutral test of
+    :class:`rsjax.attacks.noisy.NeutralTest` instead (H0: level 1/2 at d_t, i.e. s' no better
+    than s; ``neutral_alpha`` = ``neutral_beta`` = 0.2, at most ``neutral_max_queries`` = 40
+    answers, "yes" only at its upper threshold). The symmetric test adopted about half of the
+    candidates no better than s (d_t is s's level-1/2 estimate, where such a candidate's level is
+    ~1/2), so s random-walked and got worse with the budget at n = 1 (measured on the linear
+    classifier under RS, 40 images, median verified / eq. (6), symmetric -> neutral: n = 1
+    1.87 -> 1.78 and 2.41 -> 1.67 at 1,000 and 4,000 queries on seeds 0-1, 2.22 -> 1.92 and
+    2.06 -> 1.72 on seeds 2-4; n = 10 1.37 -> 1.40, 1.36 -> 1.26; 1.31 -> 1.36, 1.38 -> 1.26;
+    ``benchmarks/RESULTS.md``). A deterministic oracle never sets ``random``: its results are
+    those of the symmetric test, bit for bit;
   * on "yes": probabilistic bisection of the radius on [0, min(d_t, sqrt D)] along u(s'); if it
     finds a crossing, adopt s' and d_t = its posterior median (the SPRT already gave evidence
     that the crossing along s' lies below d_t: no comparison of noisy radii);
@@ -51,7 +62,7 @@ import numpy as np
 
 from rsjax.attacks import dct
 from rsjax.attacks.common import AttackCore, AttackEnv, DecisionAttack, attack_keys, bcast, clip01, flat, query_one
-from rsjax.attacks.noisy import carry_prior, default_prior, prob_bisection, set_current, sprt
+from rsjax.attacks.noisy import NeutralTest, carry_prior, default_prior, prob_bisection, set_current, sprt
 from rsjax.attacks.rays import block_flipped_signs
 from rsjax.attacks.surfree import SurFreeBasisConfig, alpha, circle_point, orthogonal_direction, quantize, unit, update_theta_max
 from rsjax.errors import InputError
@@ -131,7 +142,15 @@ def _prior_mean(b: int, p_c: float | None) -> jax.Array:
 
 @dataclass(frozen=True)
 class RaySNAConfig(NoiseAwareConfig):
-    """Noise-aware RayS (module docstring)."""
+    """Noise-aware RayS (module docstring). ``neutral_test``: once the oracle is shown random,
+    the SPRT at d_t is :class:`rsjax.attacks.noisy.NeutralTest` (H0: level 1/2, a candidate no
+    better than the current direction) with ``neutral_alpha`` / ``neutral_beta`` /
+    ``neutral_max_queries``; False: the symmetric SPRT throughout (sessions 6-14)."""
+
+    neutral_test: bool = True
+    neutral_alpha: float = 0.2
+    neutral_beta: float = 0.2
+    neutral_max_queries: int = 40
 
 
 class RaySNAState(NamedTuple):
@@ -141,6 +160,7 @@ class RaySNAState(NamedTuple):
     block: jax.Array  # [B] int32
     log_hyp: jax.Array  # [B, H] prior over p_c for the next search
     p_c: jax.Array  # [B] current accuracy estimate
+    random: jax.Array  # [B] bool: the oracle was seen to answer one point (or grid edge) both ways
 
 
 class RaySNA(_NoiseAware, DecisionAttack):
@@ -153,7 +173,14 @@ class RaySNA(_NoiseAware, DecisionAttack):
 
     def check_config(self) -> None:
         super().check_config()
-        _check_noise_config(self.name, self.config)
+        c = self.config
+        _check_noise_config(self.name, c)
+        if isinstance(c.neutral_max_queries, bool) or not isinstance(c.neutral_max_queries, int) \
+                or c.neutral_max_queries < 1:
+            raise InputError(f"{self.name}: neutral_max_queries must be an integer >= 1, got {c.neutral_max_queries!r}")
+        for f in ("neutral_alpha", "neutral_beta"):
+            if not 0 < getattr(c, f) < 0.5:
+                raise InputError(f"{self.name}: {f} must lie in (0, 1/2), got {getattr(c, f)!r}")
 
     def init(self, oracle, env: AttackEnv, core: AttackCore, active: jax.Array):
         b = env.x.shape[0]
@@ -161,7 +188,7 @@ class RaySNA(_NoiseAware, DecisionAttack):
         p_c = self.config.p_c
         return core, RaySNAState(jnp.ones((b, d), jnp.float32), jnp.full((b,), jnp.inf, jnp.float32),
                                  jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.int32), default_prior(b, p_c),
-                                 _prior_mean(b, p_c))
+                                 _prior_mean(b, p_c), jnp.zeros((b,), bool))
 
     def step(self, oracle, env: AttackEnv, core: AttackCore, st: RaySNAState, active: jax.Array):
         d = math.prod(env.x.shape[1:])
@@ -173,7 +200,14 @@ class RaySNA(_NoiseAware, DecisionAttack):
         def along(r):
             return clip01(env.x + bcast(r, unit_dir) * unit_dir)
 
-        dec, core = self._decide(oracle, env, core, along(st.d_t), active, st.p_c)
+        c = self.config
+        if c.neutral_test:  # the symmetric SPRT until the oracle is shown random
+            neutral = NeutralTest(st.random, c.neutral_alpha, c.neutral_beta, c.neutral_max_queries)
+            dec, core = sprt(oracle, env, core, along(st.d_t), active, self._p1(st.p_c),
+                             max_queries=c.sprt_max_queries, alpha=c.sprt_alpha,
+                             beta=c.sprt_beta, neutral=neutral)
+        else:
+            dec, core = self._decide(oracle, env, core, along(st.d_t), active, st.p_c)
         r_hi = jnp.minimum(st.d_t, sqrt_d)
         res, ok, core = self._bisect(oracle, env, core, lambda a: along(a * r_hi), dec.adversarial, st.log_hyp)
         d_new = res.a * r_hi
@@ -189,7 +223,8 @@ class RaySNA(_NoiseAware, DecisionAttack):
         next_level = (block == n_blocks) | (end == d)
         level = jnp.where(leave & next_level, jnp.minimum(st.level + 1, max_level), st.level)
         block = jnp.where(leave, jnp.where(next_level, 0, block), st.block)
-        return core, RaySNAState(sign, d_t, level, block, log_hyp, p_c)
+        random = st.random | dec.mixed | (dec.adversarial & res.disagreed)
+        return core, RaySNAState(sign, d_t, level, block, log_hyp, p_c, random)
 
 
 # =========================================================================== SurFree

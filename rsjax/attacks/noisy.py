@@ -38,6 +38,15 @@ The log-likelihood ratio moves by +-log(p1 / (1 - p1)) per answer; accept H1 at
 log((1 - beta) / alpha), H0 at log(beta / (1 - alpha)); at the cap (``max_queries``) or when
 the budget ends, decide "adversarial" only if the LLR is positive (a tie is "no"). With p1
 estimated close to 1 (a deterministic oracle) one answer decides.
+
+The symmetric test is a coin flip for a point whose level is 1/2: it lies mid-way in the
+indifference zone, so either threshold is reached with probability 1/2. An attack that asks
+"is the candidate better than my current point?" at its current level-1/2 estimate therefore
+adopts half of the candidates that are no better, and its iterate random-walks (measured:
+rays_na's direction degrading with the budget at n = 1, ``benchmarks/RESULTS.md``).
+:class:`NeutralTest` puts H0 at 1/2 itself (a candidate no better than the current point)
+against H1 at p1, with error rates of its own: a no-better candidate is then adopted with
+probability <= alpha; one that is better (level p1 at the point) with probability >= 1 - beta.
 """
 from __future__ import annotations
 
@@ -279,37 +288,65 @@ class Decision(NamedTuple):
     mixed: jax.Array  # [B] bool the point was answered both ways: the oracle is random
 
 
+class NeutralTest(NamedTuple):
+    """Where ``rows`` [B]: the SPRT's H0 is P[adversarial answer] = 1/2 instead of 1 - p1 (a
+    candidate no better than the current point, whose level is ~1/2 by construction), with its
+    own error rates, its own cap of answers (a static int), and "adversarial" only
+    on reaching the upper threshold (at the cap or the end of the budget such rows say "no")."""
+
+    rows: jax.Array  # [B] bool
+    alpha: float = 0.2
+    beta: float = 0.2
+    max_queries: int = 40
+
+
 def sprt(oracle, env: AttackEnv, core: AttackCore, point: jax.Array, mask: jax.Array, p1: jax.Array | float,
-         *, max_queries: int, alpha: float = 0.05, beta: float = 0.05) -> tuple[Decision, AttackCore]:
+         *, max_queries: int, alpha: float = 0.05, beta: float = 0.05,
+         neutral: NeutralTest | None = None) -> tuple[Decision, AttackCore]:
     """Capped SPRT of "``point`` [B, ...] is adversarial" for the rows of ``mask`` [B]:
     H1 P[adversarial answer] = p1 ([B] or scalar in (1/2, 1)) vs H0 = 1 - p1 (module
-    docstring). Every answer is a query at the same point (fresh oracle randomness)."""
+    docstring), or, for the rows of ``neutral`` (:class:`NeutralTest`), vs H0 = 1/2: an
+    answer then moves the log-likelihood ratio by log(2 p1) ("adversarial") or
+    log(2 (1 - p1)) ("not"). Every answer is a query at the same point (fresh oracle
+    randomness). ``max_queries``: the cap of answers of the other rows (static)."""
     b = mask.shape[0]
     p1 = jnp.clip(jnp.broadcast_to(jnp.asarray(p1, jnp.float32), (b,)), 0.5 + 1e-3, 1.0 - 1e-6)
     step = jnp.log(p1) - jnp.log1p(-p1)  # > 0
+    step_yes, step_no = step, -step
     up = math.log((1.0 - beta) / alpha)
     down = math.log(beta / (1.0 - alpha))
+    cap = bound = max_queries
+    strict = jnp.zeros((b,), bool)
+    if neutral is not None:
+        strict = neutral.rows
+        bound = max(max_queries, neutral.max_queries)
+        step_yes = jnp.where(strict, jnp.log(2.0 * p1), step_yes)
+        step_no = jnp.where(strict, jnp.log(2.0 * (1.0 - p1)), step_no)
+        up = jnp.where(strict, math.log((1.0 - neutral.beta) / neutral.alpha), up)
+        down = jnp.where(strict, math.log(neutral.beta / (1.0 - neutral.alpha)), down)
+        cap = jnp.where(strict, neutral.max_queries, max_queries)
     q0 = core.queries
 
     def cond(c):
         i, live = c[:2]
-        return (i < max_queries) & jnp.any(live)
+        return (i < bound) & jnp.any(live)
 
     def body(c):
         i, live, llr, decided, yes, no, core_ = c
         out = query_one(oracle, env, core_, point, live)
-        llr = llr + jnp.where(out.sent, jnp.where(out.adversarial, step, -step), 0.0)
+        llr = llr + jnp.where(out.sent, jnp.where(out.adversarial, step_yes, step_no), 0.0)
         yes = yes | out.adversarial
         no = no | (out.sent & ~out.adversarial)
         hit = out.sent & ((llr >= up) | (llr <= down))
         decided = decided | hit
-        live = live & out.sent & ~hit
+        live = live & out.sent & ~hit & (i + 1 < cap)
         return i + 1, live, llr, decided, yes, no, out.core
 
     zb = jnp.zeros((b,), bool)
     _, _, llr, decided, yes, no, core = jax.lax.while_loop(
         cond, body, (0, mask, jnp.zeros((b,), jnp.float32), zb, zb, zb, core))
-    return Decision(mask & (llr > 0), decided, llr, core.queries - q0, yes & no), core
+    accept = jnp.where(strict, llr >= up, llr > 0)
+    return Decision(mask & accept, decided, llr, core.queries - q0, yes & no), core
 
 
 def set_current(env: AttackEnv, core: AttackCore, candidate: jax.Array, ok: jax.Array,
@@ -330,5 +367,5 @@ def set_current(env: AttackEnv, core: AttackCore, candidate: jax.Array, ok: jax.
     )
 
 
-__all__ = ["Decision", "P_HYPOTHESES", "Posterior", "SearchResult", "carry_prior", "hypotheses", "posterior",
+__all__ = ["Decision", "NeutralTest", "P_HYPOTHESES", "Posterior", "SearchResult", "carry_prior", "hypotheses", "posterior",
            "prefix_sum", "prob_bisection", "record_answer", "set_current", "sprt", "update_counts", "default_prior", "P_PRIOR"]
