@@ -46,7 +46,8 @@ adopts half of the candidates that are no better, and its iterate random-walks (
 rays_na's direction degrading with the budget at n = 1, ``benchmarks/RESULTS.md``).
 :class:`NeutralTest` puts H0 at 1/2 itself (a candidate no better than the current point)
 against H1 at p1, with error rates of its own: a no-better candidate is then adopted with
-probability <= alpha; one that is better (level p1 at the point) with probability >= 1 - beta.
+probability about alpha (Wald's bound alpha / (1 - beta); less with the cap, at which such rows
+say "no"), one whose level at the point is p1 with probability about 1 - beta.
 """
 from __future__ import annotations
 
