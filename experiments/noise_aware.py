@@ -415,10 +415,11 @@ def merge_into(run: Path, dest: Path, attacks: set[str] | None = None, write: bo
         report[label] = counts
         return out + list(new.values()) if counts["replaced"] or new else None
 
+    dest_records, run_records = _read(dest / "records.jsonl"), _read(run / "records.jsonl")
     image_fields: dict[tuple, dict] = {}
-    for x in _read(dest / "records.jsonl"):
+    for x in dest_records:
         image_fields.setdefault(_setting(x)[1:], {k: x[k] for k in IMAGE_FIELDS if k in x})
-    for x in _read(run / "records.jsonl"):
+    for x in run_records:
         if x.get("criterion", "label") != "label":
             continue
         for k, v in image_fields.get(_setting(x)[1:], {}).items():
@@ -426,7 +427,7 @@ def merge_into(run: Path, dest: Path, attacks: set[str] | None = None, write: bo
                 raise MergeError(f"{x['attack']} record {_setting(x)}: field {k!r} is {x.get(k)!r} in the run, {v!r} "
                                  f"in {dest}'s records of that image: not the same model or data")
     floor_replaced = None if attacks is None or FLOOR in attacks else set()
-    rec_out = merge_kind(_read(dest / "records.jsonl"), _read(run / "records.jsonl"), attacks, "records")
+    rec_out = merge_kind(dest_records, run_records, attacks, "records")
     floor_out = merge_kind(_read(dest / "floor.jsonl"), _read(run / "floor.jsonl"), floor_replaced, "floor")
     if write:
         for kind, recs in side_out.items():

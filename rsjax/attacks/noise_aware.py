@@ -112,10 +112,10 @@ class _NoiseAware:
         p1 = jnp.clip(p_c if c.p_c is None else jnp.full_like(p_c, c.p_c), c.min_p1, 0.999)
         return p1 if random is None else jnp.where(random, p1, 0.999)
 
-    def _decide(self, oracle, env, core, point, mask, p_c, random=None):
+    def _decide(self, oracle, env, core, point, mask, p_c, random=None, neutral=None):
         c = self.config
         return sprt(oracle, env, core, point, mask, self._p1(p_c, random), max_queries=c.sprt_max_queries,
-                    alpha=c.sprt_alpha, beta=c.sprt_beta)
+                    alpha=c.sprt_alpha, beta=c.sprt_beta, neutral=neutral)
 
     def _bisect(self, oracle, env, core, point, mask, log_prior, enough=None, bracket=None, midpoint=None):
         c = self.config
@@ -201,13 +201,10 @@ class RaySNA(_NoiseAware, DecisionAttack):
             return clip01(env.x + bcast(r, unit_dir) * unit_dir)
 
         c = self.config
-        if c.neutral_test:  # the symmetric SPRT until the oracle is shown random
-            neutral = NeutralTest(st.random, c.neutral_alpha, c.neutral_beta, c.neutral_max_queries)
-            dec, core = sprt(oracle, env, core, along(st.d_t), active, self._p1(st.p_c),
-                             max_queries=c.sprt_max_queries, alpha=c.sprt_alpha,
-                             beta=c.sprt_beta, neutral=neutral)
-        else:
-            dec, core = self._decide(oracle, env, core, along(st.d_t), active, st.p_c)
+        # the symmetric SPRT until the oracle is shown random
+        neutral = NeutralTest(st.random, c.neutral_alpha, c.neutral_beta, c.neutral_max_queries) \
+            if c.neutral_test else None
+        dec, core = self._decide(oracle, env, core, along(st.d_t), active, st.p_c, neutral=neutral)
         r_hi = jnp.minimum(st.d_t, sqrt_d)
         res, ok, core = self._bisect(oracle, env, core, lambda a: along(a * r_hi), dec.adversarial, st.log_hyp)
         d_new = res.a * r_hi
