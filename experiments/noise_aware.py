@@ -22,6 +22,14 @@ intervals), ``gap.csv`` (per setting and plain/noise-aware pair: the share of th
 plain attack and the floor that the noise-aware attack closes, with a paired 95 % bootstrap
 interval) and ``table.md``.
 
+A results folder from a run (``--keep-records``, with ``--out``): beside the tables, the run's
+label-criterion records trimmed to the fields the tables and a merge read, the floor and side
+records, images.json, env.json, models.json and the run's configuration (sweep_config.json), the
+last two with repository-relative paths (see :func:`save_folder`):
+
+    python experiments/noise_aware.py --run runs/na-cifar-psj-q5000 --out docs/results/noise_aware/cifar-r20-s0.25-psj-q5000 \
+        --keep-records
+
 Merging a re-run into a committed results folder (``--merge-into DIR``): when some attacks or
 settings were re-run later on the same model (a fixed attack, another n), their records replace
 or extend DIR's and DIR's tables are rewritten; the run must be the same experiment where the two
@@ -36,6 +44,8 @@ import argparse
 import csv
 import json
 import math
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -68,6 +78,9 @@ def parse_args(argv=None):
                    help="with --merge-into: the attacks (and/or 'smoothadv' for the floor) whose records replace "
                         "DIR's; the run's records of any other attack must equal DIR's where DIR has them "
                         "(default: every attack of the run replaces)")
+    p.add_argument("--keep-records", action="store_true",
+                   help="make --out a results folder: the run's records (trimmed), floor, side records, images, "
+                        "models and configuration (relative paths) beside the tables; see save_folder")
     p.add_argument("--check-only", action="store_true",
                    help="with --merge-into: run the checks and print what would change, write nothing")
     return p.parse_args(argv)
@@ -440,6 +453,77 @@ def merge_into(run: Path, dest: Path, attacks: set[str] | None = None, write: bo
     return report
 
 
+# ---------------------------------------------------------------------------------------------
+# A results folder from a run
+# ---------------------------------------------------------------------------------------------
+#: the fields of an attack record a results folder keeps (the sweep's records without their keys,
+#: certificate details and per-step diagnostics: what the tables and a merge read)
+FOLDER_FIELDS = ("attack", "model", "sigma", "n", "p_a", "image", "status", "attack_status", "l2", "queries",
+                 "evaluations", "verified_l2", "verified_level", "verified_level_low", "verified_level_high",
+                 "verified_t", "verification_calls", "radius", "reference", "clean_level", "attack_seconds",
+                 "verify_seconds")
+#: run files a folder keeps as they are (JSON files with paths are written with relative paths)
+FOLDER_COPIES = ("floor.jsonl",) + tuple(f"{k}.jsonl" for k in SIDE_KINDS) + ("images.json", "env.json")
+REPO = Path(__file__).resolve().parents[1]
+_PATH = re.compile(r"^([A-Za-z][\w+-]*:)?(/.*)$")
+
+
+def relative_paths(obj, root: Path = REPO, cache: Path | None = None):
+    """``obj`` (parsed JSON) with every absolute path -- bare or behind a data-spec scheme such as
+    ``npz:`` -- rewritten as ``$RSJAX_CACHE/...`` when under the checkpoint cache ``cache`` (a
+    trained default model), else relative to ``root`` (the repository: ``runs/...``,
+    ``../shared/...``) where that stays within ``root``'s parent; other values unchanged."""
+    if isinstance(obj, dict):
+        return {k: relative_paths(v, root, cache) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relative_paths(v, root, cache) for v in obj]
+    if isinstance(obj, str):
+        m = _PATH.match(obj)
+        if m:
+            scheme, path = m.group(1) or "", Path(m.group(2))
+            if cache is not None and path.is_relative_to(Path(cache).resolve()):
+                return scheme + "$RSJAX_CACHE/" + path.relative_to(Path(cache).resolve()).as_posix()
+            rel = os.path.relpath(path, root)
+            if not rel.startswith(os.path.join(os.pardir, os.pardir)):
+                return scheme + rel
+    return obj
+
+
+def save_folder(run: Path, dest: Path, cache: Path | None = None) -> list[str]:
+    """Write the results folder ``dest`` of a run: its label-criterion attack records trimmed to
+    :data:`FOLDER_FIELDS` (``records.jsonl``), the floor and side records, ``images.json`` and
+    ``env.json`` as they are, ``models.json`` and the run's ``config.json`` (as
+    ``sweep_config.json``) with repository-relative paths (``$RSJAX_CACHE/...`` for checkpoints in
+    the cache ``cache``, default :func:`rsjax.cache.cache_dir`), then the tables. Refuses a ``dest``
+    that already holds records (``--merge-into`` adds a re-run to a folder). Returns the files written."""
+    from rsjax.cache import cache_dir
+    from rsjax.results import read_records, write_text_atomic
+
+    run, dest = Path(run), Path(dest)
+    cache = Path(cache) if cache is not None else cache_dir()
+    if not (run / "records.jsonl").exists():
+        raise MergeError(f"{run} has no records.jsonl: not a sweep run directory")
+    if (dest / "records.jsonl").exists():
+        raise MergeError(f"{dest} already holds records.jsonl: use --merge-into {dest} to add a run to a "
+                         f"results folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    recs = [{k: r[k] for k in FOLDER_FIELDS if k in r} for r in read_records(run / "records.jsonl")
+            if r.get("criterion", "label") == "label"]
+    write_text_atomic(dest / "records.jsonl", _jsonl(recs))
+    written = ["records.jsonl"]
+    for name in FOLDER_COPIES:
+        if (run / name).exists():
+            write_text_atomic(dest / name, (run / name).read_text())
+            written.append(name)
+    for src, name in (("models.json", "models.json"), ("config.json", "sweep_config.json")):
+        if (run / src).exists():
+            obj = relative_paths(json.loads((run / src).read_text()), REPO, cache)
+            write_text_atomic(dest / name, json.dumps(obj, indent=2) + "\n")
+            written.append(name)
+    write_tables(dest, dest)
+    return written + ["table.md", "summary.csv", "gap.csv", "per_image.csv"]
+
+
 def main(argv=None) -> int:
     from rsjax.cache import enable_compilation_cache
     from rsjax.errors import RsjaxError
@@ -459,6 +543,13 @@ def main(argv=None) -> int:
                 print(f"{kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
             if not args.check_only:
                 print((Path(args.merge_into) / "table.md").read_text())
+            return 0
+        if args.keep_records:
+            if args.out is None or out.resolve() == run.resolve():
+                raise MergeError("--keep-records writes a results folder: give it --out DIR (not the run directory)")
+            written = save_folder(run, out, cache)
+            _log(f"results folder {out}: {', '.join(written)}")
+            print((out / "table.md").read_text())
             return 0
         print(write_tables(run, out))
     except (RsjaxError, MergeError) as e:

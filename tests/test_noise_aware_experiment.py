@@ -155,3 +155,44 @@ def test_merge_into_a_folder_without_side_records_checks_the_model_on_attack_rec
     with pytest.raises(mod.MergeError, match=r"psj record .*field 'radius' is 0.25 in the run, 0.5 in"):
         mod.merge_into(run, dest, {"psj"})
     assert not (dest / "reference.jsonl").exists()
+
+
+def test_save_folder_from_a_run(tmp_path):
+    """--keep-records: the run's label records trimmed to the folder fields, the floor and side
+    records as they are, the configuration with relative paths, the tables; a second run is
+    refused (that is --merge-into's job) and then merges as identical."""
+    import pytest
+
+    mod = load_script()
+    _, run, _ = _results_folder(mod, tmp_path)
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    recs = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    _write(run / "records.jsonl", recs + [{**recs[0], "criterion": "k_wrong", "verified_l2": 0.0}])
+    cfg = {"data": f"npz:{tmp_path / 'shared' / 'test.npz'}", "max_queries": 5000,
+           "models": [{"name": "a", "checkpoint": str(repo / "runs" / "m.ckpt")},
+                      {"name": "b", "checkpoint": str(cache / "checkpoints" / "b.ckpt")},
+                      {"name": "c", "checkpoint": "/elsewhere/far/away/c.ckpt"}]}
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "images.json").write_text(json.dumps({"attacked": list(range(6))}))
+    mod.REPO = repo  # the repository the relative paths start from
+    dest = tmp_path / "folder"
+    written = mod.save_folder(run, dest, cache)
+    assert {"records.jsonl", "floor.jsonl", "reference.jsonl", "images.json", "sweep_config.json",
+            "table.md", "gap.csv"} <= set(written) and "accuracy.jsonl" not in written
+    out = [json.loads(line) for line in (dest / "records.jsonl").read_text().splitlines()]
+    assert len(out) == len(recs)  # the k_wrong record left out; the extra field dropped, the order kept
+    assert all(list(r) == [k for k in mod.FOLDER_FIELDS if k in s] for r, s in zip(out, recs))
+    assert "extra" in recs[0] and "attack_seconds" in out[0]
+    assert [r["verified_l2"] for r in out] == [r["verified_l2"] for r in recs]
+    assert (dest / "floor.jsonl").read_text() == (run / "floor.jsonl").read_text()
+    saved = json.loads((dest / "sweep_config.json").read_text())
+    assert saved["data"] == "npz:../shared/test.npz" and saved["max_queries"] == 5000
+    assert [m["checkpoint"] for m in saved["models"]] == ["runs/m.ckpt", "$RSJAX_CACHE/checkpoints/b.ckpt",
+                                                         "/elsewhere/far/away/c.ckpt"]
+    summary = {(r["attack"], int(r["n"])): r for r in csv.DictReader(open(dest / "summary.csv"))}
+    assert float(summary[("psj", 1)]["median"]) == 7.5
+    with pytest.raises(mod.MergeError, match="already holds records.jsonl: use --merge-into"):
+        mod.save_folder(run, dest, cache)
+    again = mod.merge_into(run, dest, None, write=False)
+    assert again["records"]["changed"] == 0 and again["floor"]["changed"] == 0
+    assert mod.main(["--run", str(run), "--tables-only", "--keep-records"]) == 2  # no --out: refused
