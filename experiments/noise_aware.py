@@ -462,7 +462,8 @@ FOLDER_FIELDS = ("attack", "model", "sigma", "n", "p_a", "image", "status", "att
                  "evaluations", "verified_l2", "verified_level", "verified_level_low", "verified_level_high",
                  "verified_t", "verification_calls", "radius", "reference", "clean_level", "attack_seconds",
                  "verify_seconds")
-#: run files a folder keeps as they are (JSON files with paths are written with relative paths)
+#: run files a folder keeps byte for byte (models.json and config.json, which name paths, are
+#: rewritten by :func:`relative_paths`)
 FOLDER_COPIES = ("floor.jsonl",) + tuple(f"{k}.jsonl" for k in SIDE_KINDS) + ("images.json", "env.json")
 REPO = Path(__file__).resolve().parents[1]
 _PATH = re.compile(r"^([A-Za-z][\w+-]*:)?(/.*)$")
@@ -470,8 +471,8 @@ _PATH = re.compile(r"^([A-Za-z][\w+-]*:)?(/.*)$")
 
 def relative_paths(obj, root: Path = REPO, cache: Path | None = None):
     """``obj`` (parsed JSON) with every absolute path -- bare or behind a data-spec scheme such as
-    ``npz:`` -- rewritten as ``$RSJAX_CACHE/...`` when under the checkpoint cache ``cache`` (a
-    trained default model), else relative to ``root`` (the repository: ``runs/...``,
+    ``npz:`` -- rewritten as ``$RSJAX_CACHE/...`` when under the checkpoint cache ``cache`` (an
+    absolute, resolved path: where the trained default models are), else relative to ``root`` (the repository: ``runs/...``,
     ``../shared/...``) where that stays within ``root``'s parent; other values unchanged."""
     if isinstance(obj, dict):
         return {k: relative_paths(v, root, cache) for k, v in obj.items()}
@@ -481,8 +482,8 @@ def relative_paths(obj, root: Path = REPO, cache: Path | None = None):
         m = _PATH.match(obj)
         if m:
             scheme, path = m.group(1) or "", Path(m.group(2))
-            if cache is not None and path.is_relative_to(Path(cache).resolve()):
-                return scheme + "$RSJAX_CACHE/" + path.relative_to(Path(cache).resolve()).as_posix()
+            if cache is not None and path.is_relative_to(cache):
+                return scheme + "$RSJAX_CACHE/" + path.relative_to(cache).as_posix()
             rel = os.path.relpath(path, root)
             if not rel.startswith(os.path.join(os.pardir, os.pardir)):
                 return scheme + rel
@@ -500,7 +501,7 @@ def save_folder(run: Path, dest: Path, cache: Path | None = None) -> list[str]:
     from rsjax.results import read_records, write_text_atomic
 
     run, dest = Path(run), Path(dest)
-    cache = Path(cache) if cache is not None else cache_dir()
+    cache = (Path(cache) if cache is not None else cache_dir()).resolve()
     if not (run / "records.jsonl").exists():
         raise MergeError(f"{run} has no records.jsonl: not a sweep run directory")
     if (dest / "records.jsonl").exists():
@@ -533,6 +534,11 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else run
     cache = Path(args.cache) if args.cache else None
     try:
+        if args.keep_records:  # checked before the floor step, which may take many minutes
+            if args.merge_into:
+                raise MergeError("--keep-records makes a new results folder, --merge-into adds to one: give one")
+            if args.out is None or out.resolve() == run.resolve():
+                raise MergeError("--keep-records writes a results folder: give it --out DIR (not the run directory)")
         if not args.tables_only:
             enable_compilation_cache(cache)
             run_floor(run, cache, args.m, args.steps, not args.fixed_noise, args.shrink)
@@ -545,8 +551,6 @@ def main(argv=None) -> int:
                 print((Path(args.merge_into) / "table.md").read_text())
             return 0
         if args.keep_records:
-            if args.out is None or out.resolve() == run.resolve():
-                raise MergeError("--keep-records writes a results folder: give it --out DIR (not the run directory)")
             written = save_folder(run, out, cache)
             _log(f"results folder {out}: {', '.join(written)}")
             print((out / "table.md").read_text())

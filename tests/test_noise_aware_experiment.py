@@ -196,3 +196,8 @@ def test_save_folder_from_a_run(tmp_path):
     again = mod.merge_into(run, dest, None, write=False)
     assert again["records"]["changed"] == 0 and again["floor"]["changed"] == 0
     assert mod.main(["--run", str(run), "--tables-only", "--keep-records"]) == 2  # no --out: refused
+    # refused before any work: without --tables-only the floor step runs first, and on this
+    # synthetic run (no model in its config) it would fail with another exception than exit 2
+    assert mod.main(["--run", str(run), "--keep-records", "--out", str(tmp_path / "f2"),
+                     "--merge-into", str(dest)]) == 2
+    assert not (tmp_path / "f2").exists()
