@@ -28,6 +28,10 @@ reports for a search whose every answer was exact).
 
     .venv/bin/python benchmarks/bench_noise_aware_linear.py --n 1 10 --images 8 --seeds 0 1
 
+``--set KEY=VALUE`` (repeatable) overrides a config field of the noise-aware attacks only (the
+plain ones keep their defaults; a row's name then carries the settings), to measure a variant on
+the same problem and images as the defaults, e.g. ``--attacks psj --set max_probe_rms=0.5``.
+
 Several ``--queries`` give the budget curve (each budget is a separate run of the attack, as a
 user with that budget would run it; the verifier floor does not depend on the budget).
 """
@@ -44,6 +48,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 PAIRS = {"psj": "hsja", "rays_na": "rays", "surfree_na": "surfree"}
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["grid=1024", "opposite=0.0"]`` -> ``{"grid": 1024, "opposite": 0.0}`` (values read as
+    Python literals: numbers, True/False/None; anything else stays a string)."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
 
 
 def exact_ray_distortion(x, x_adv, w, b, r, exact_l2, metric: str, t_max: float = 1e6,
@@ -87,8 +108,12 @@ def main(argv=None) -> int:
     p.add_argument("--verify-calls", type=int, default=800)
     p.add_argument("--noise-free", action="store_true",
                    help="also attack the deterministic classifier whose boundary is the level-1/2 set")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config field of the noise-aware attacks (repeatable); the plain ones keep their defaults")
     p.add_argument("--json-out", default=None)
     args = p.parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+    tag = " (" + ", ".join(f"{k}={v!r}" for k, v in overrides.items()) + ")" if overrides else ""
 
     import jax
 
@@ -105,6 +130,8 @@ def main(argv=None) -> int:
           f"verifier {args.verify_calls} calls a point")
     print("| n | attack | queries | median verified / eq. (6) | quartiles | max | within 10 % | exact: median | exact: within 10 % | wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    for na in args.attacks:  # an unknown field is refused before anything runs
+        get_attack(na, **overrides)
     for n in args.n:
         for na in args.attacks:
             runs = [(name, q) for name in (na, PAIRS[na]) for q in args.queries] + [("verifier floor", None)]
@@ -128,21 +155,24 @@ def main(argv=None) -> int:
                         else:
                             attacked = oracle
                         t = time.perf_counter()
-                        x_adv = get_attack(name.split(",")[0]).run(attacked, x, y, seed, queries, check_clean=False).x_adv
+                        attack = name.split(",")[0]
+                        x_adv = get_attack(attack, **(overrides if attack == na else {})).run(
+                            attacked, x, y, seed, queries, check_clean=False).x_adv
                         wall += time.perf_counter() - t
                     exact_ratios.append(exact_ray_distortion(x, x_adv, w, b, r, exact_l2, metric_of(na)) / exact)
                     # every output, noise-free ones too, verified against g_{sigma,n} itself
                     ver = verify_attack(oracle, x, x_adv, y, 0.5, jax.random.key(101), config=cfg)
                     ratios.append((ver.linf if metric_of(na) == "linf" else ver.l2) / exact)
                 exact_ratio = np.concatenate(exact_ratios)
-                key = f"n={n},{na},{name}" + (f",{queries}" if queries else "")
+                shown = name.replace(na, na + tag, 1) if name.startswith(na) else name
+                key = f"n={n},{na},{shown}" + (f",{queries}" if queries else "")
                 out[key + ",exact"] = exact_ratio.tolist()
                 ratio = np.concatenate(ratios)
                 out[key] = ratio.tolist()
                 q1, q3 = np.quantile(ratio, [0.25, 0.75])
                 verified_cells = (f"{np.median(ratio):.3f} | {q1:.3f} - {q3:.3f} | {ratio.max():.3f} | "
                                   f"{(ratio <= 1.1).mean():.0%}")
-                print(f"| {n} | {name} | {queries or '-'} | {verified_cells} | {np.median(exact_ratio):.3f} | "
+                print(f"| {n} | {shown} | {queries or '-'} | {verified_cells} | {np.median(exact_ratio):.3f} | "
                       f"{(exact_ratio <= 1.1).mean():.0%} | {wall:.0f} |", flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out))

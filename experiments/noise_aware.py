@@ -238,6 +238,10 @@ def write_tables(run: Path, out: Path) -> str:
     order = [a for pair in PAIRS for a in pair] + [FLOOR]
     per_image, summary, gap = [], [], []
     md = []
+    options = attack_options(run) or attack_options(out)
+    if options:  # a variant, not the attack's defaults
+        md.append("Attack options (config fields set, the rest at their defaults): " + "; ".join(
+            f"{a}: " + ", ".join(f"{k}={v!r}" for k, v in sorted(o.items())) for a, o in sorted(options.items())))
     for setting in sorted(table):
         model, sigma, n, p_a = setting
         by = table[setting]
@@ -341,6 +345,29 @@ def _jsonl(recs: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in recs)
 
 
+def _configs(folder: Path) -> list[dict]:
+    """The sweep configurations behind a run directory (``config.json``) or a results folder
+    (``sweep_config*.json``: one per merged run kind)."""
+    paths = [folder / "config.json"] if (folder / "config.json").exists() else sorted(folder.glob("sweep_config*.json"))
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def attack_options(folder: Path) -> dict[str, dict]:
+    """Attack -> the config fields its sweep set (``--attack-option``; empty: the defaults)."""
+    out: dict[str, dict] = {}
+    for c in _configs(folder):
+        for a, o in (c.get("attack_options") or {}).items():
+            if o:
+                out.setdefault(a, {}).update(o)
+    return out
+
+
+def _require_run(run: Path) -> None:
+    """A sweep's run directory holds its records.jsonl (else MergeError naming the path)."""
+    if not (run / "records.jsonl").exists():
+        raise MergeError(f"{run} has no records.jsonl: not a sweep run directory")
+
+
 def merge_into(run: Path, dest: Path, attacks: set[str] | None = None, write: bool = True) -> dict:
     """Merge a run directory's records into a committed results folder ``dest`` and rewrite its tables.
 
@@ -369,8 +396,18 @@ def merge_into(run: Path, dest: Path, attacks: set[str] | None = None, write: bo
     if not (dest / "records.jsonl").exists():
         raise MergeError(f"{dest} has no records.jsonl: not a results folder (one holds a sweep's records.jsonl "
                          f"and floor.jsonl beside its tables)")
-    if not (run / "records.jsonl").exists():
-        raise MergeError(f"{run} has no records.jsonl: not a sweep run directory")
+    _require_run(run)
+    if not _configs(dest) and attack_options(run):
+        raise MergeError(f"the run set attack options {attack_options(run)} and {dest} keeps no sweep_config*.json "
+                         f"to show it used the same")
+    for run_cfg in _configs(run):
+        for dest_cfg in _configs(dest):
+            for a in set(run_cfg.get("attacks", ())) & set(dest_cfg.get("attacks", ())):
+                r_opt = (run_cfg.get("attack_options") or {}).get(a) or {}
+                d_opt = (dest_cfg.get("attack_options") or {}).get(a) or {}
+                if r_opt != d_opt:
+                    raise MergeError(f"{a}: the run set the options {r_opt}, {dest}'s sweep {d_opt}: another "
+                                     f"attack (write it to its own folder)")
     report: dict = {}
     ri, di = run / "images.json", dest / "images.json"
     if ri.exists() and di.exists():
@@ -502,8 +539,7 @@ def save_folder(run: Path, dest: Path, cache: Path | None = None) -> list[str]:
 
     run, dest = Path(run), Path(dest)
     cache = (Path(cache) if cache is not None else cache_dir()).resolve()
-    if not (run / "records.jsonl").exists():
-        raise MergeError(f"{run} has no records.jsonl: not a sweep run directory")
+    _require_run(run)
     if (dest / "records.jsonl").exists():
         raise MergeError(f"{dest} already holds records.jsonl: use --merge-into {dest} to add a run to a "
                          f"results folder")

@@ -51,7 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference-n", type=int, default=None, help="PREDICT samples of the reference label (1000)")
     p.add_argument("--verify-calls", type=int, default=None,
                    help="evaluator: most calls of g_{sigma,n} per tested point (m, default 100)")
-    p.add_argument("--attacks", nargs="+", default=None, help="attacks (registered names: hsja, surfree, rays)")
+    p.add_argument("--attacks", nargs="+", default=None, help="attacks (registered names: hsja, surfree, rays, psj, rays_na, surfree_na)")
+    p.add_argument("--attack-option", action="append", default=[], metavar="ATTACK:KEY=VALUE",
+                   help="a config field of one attack (repeatable; values read as Python literals), e.g. "
+                        "psj:max_probe_rms=0.5; kept in config.json, so a resumed run must repeat it")
     p.add_argument("--queries", type=int, default=None, help="query budget per image")
     p.add_argument("--images", type=int, default=None, help="number of attacked images")
     p.add_argument("--eval-images", type=int, default=None)
@@ -105,8 +108,36 @@ def build_config(args: argparse.Namespace):
         overrides["models"] = tuple(dataclasses.replace(m, sigmas=None) for m in cfg.models)
     if args.ns or args.level_ns:
         overrides["eval_ns"] = tuple(sorted(set(cfg.eval_ns) | set(args.ns or ()) | set(args.level_ns or ())))
+    if args.attack_option:
+        options = {a: dict(o) for a, o in cfg.attack_options.items()}
+        attacks = args.attacks or cfg.attacks
+        for attack, key, value in map(parse_attack_option, args.attack_option):
+            if attack not in attacks:
+                from rsjax.errors import InputError
+                raise InputError(f"attack options for {attack!r}, which the sweep does not run (attacks: "
+                                 f"{', '.join(attacks)})")
+            options.setdefault(attack, {})[key] = value
+        overrides["attack_options"] = options
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     return cfg.validate()
+
+
+def parse_attack_option(item: str) -> tuple[str, str, object]:
+    """``"psj:max_probe_rms=0.5"`` -> ``("psj", "max_probe_rms", 0.5)`` (the value read as a Python
+    literal: numbers, True/False/None; anything else stays a string)."""
+    import ast
+
+    from rsjax.errors import InputError
+
+    attack, sep1, rest = item.partition(":")
+    key, sep2, value = rest.partition("=")
+    if not (sep1 and sep2 and attack.strip() and key.strip()):
+        raise InputError(f"--attack-option takes ATTACK:KEY=VALUE, got {item!r}")
+    try:
+        parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        parsed = value.strip()
+    return attack.strip(), key.strip(), parsed
 
 
 def _leave(code: int, spec) -> int:

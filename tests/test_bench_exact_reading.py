@@ -32,3 +32,36 @@ def test_exact_reading_is_one_over_cosine_along_a_tilted_ray_and_keeps_deeper_po
         np.testing.assert_allclose(exact_ray_distortion(x, deep, w, b, r, d, "l2") / d, 2.0, rtol=1e-6)
         away = x - 0.1 * w[None]  # a ray that moves away from the boundary never reaches it
         assert np.all(np.isinf(exact_ray_distortion(x, away, w, b, r, d, "l2")))
+
+
+def test_set_overrides_reach_only_the_noise_aware_attack(tmp_path, monkeypatch):
+    import json
+
+    import rsjax.attacks
+
+    import pytest
+
+    from bench_noise_aware_linear import main, parse_overrides
+    from rsjax.errors import InputError
+
+    assert parse_overrides(["grid=1024", "opposite=0.0", "p_c=None", "monotone=False"]) == {
+        "grid": 1024, "opposite": 0.0, "p_c": None, "monotone": False}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        parse_overrides(["grid"])
+    with pytest.raises(InputError, match="no_such_field"):  # refused before anything runs
+        main(["--attacks", "psj", "--set", "no_such_field=1"])
+    made = []
+    real = rsjax.attacks.get_attack
+
+    def recording(name, **overrides):
+        made.append((name, overrides))
+        return real(name, **overrides)
+
+    monkeypatch.setattr(rsjax.attacks, "get_attack", recording)
+    out = tmp_path / "run.json"
+    main(["--n", "10", "--images", "2", "--seeds", "0", "--queries", "150", "--attacks", "psj",
+          "--set", "grid=512", "--verify-calls", "100", "--json-out", str(out)])
+    keys = set(json.loads(out.read_text()))
+    assert "n=10,psj,psj (grid=512),150" in keys and "n=10,psj,hsja,150" in keys
+    assert not any(k.startswith("n=10,psj,hsja (") for k in keys)
+    assert {(name, tuple(o.items())) for name, o in made} == {("psj", (("grid", 512),)), ("hsja", ())}

@@ -201,3 +201,33 @@ def test_save_folder_from_a_run(tmp_path):
     assert mod.main(["--run", str(run), "--keep-records", "--out", str(tmp_path / "f2"),
                      "--merge-into", str(dest)]) == 2
     assert not (tmp_path / "f2").exists()
+
+
+def test_attack_options_are_named_in_the_tables_and_a_variant_is_not_merged(tmp_path):
+    """A run whose sweep set attack options (``--attack-option``) is another attack: its tables say
+    so, and merging it into a folder made with other options (or with no configuration to compare)
+    is refused."""
+    import pytest
+
+    mod = load_script()
+    dest, run, _ = _results_folder(mod, tmp_path)
+    base = {"attacks": ["hsja", "psj"], "attack_options": {}}
+    (dest / "sweep_config.json").write_text(json.dumps(base))
+    (run / "config.json").write_text(json.dumps({**base, "attack_options": {"psj": {"max_probe_rms": 0.5}}}))
+    before = {p.name: p.read_text() for p in dest.iterdir()}
+    with pytest.raises(mod.MergeError, match=r"psj: the run set the options \{'max_probe_rms': 0.5\}"):
+        mod.merge_into(run, dest, {"psj"})
+    (dest / "sweep_config.json").unlink()
+    with pytest.raises(mod.MergeError, match="keeps no sweep_config"):
+        mod.merge_into(run, dest, {"psj"})
+    (dest / "sweep_config.json").write_text(json.dumps(base))
+    assert {p.name: p.read_text() for p in dest.iterdir()} == before  # nothing written
+    text = mod.write_tables(run, tmp_path / "tables")
+    assert text.startswith("Attack options (config fields set, the rest at their defaults): psj: max_probe_rms=0.5")
+    # the same options on both sides merge, and the folder's tables keep the line
+    (dest / "sweep_config.json").write_text(json.dumps({**base, "attack_options": {"psj": {"max_probe_rms": 0.5}}}))
+    mod.merge_into(run, dest, {"psj"})
+    assert (dest / "table.md").read_text().startswith("Attack options")
+    # a run without options writes the tables as before
+    (run / "config.json").write_text(json.dumps(base))
+    assert not mod.write_tables(run, tmp_path / "plain").startswith("Attack options")

@@ -397,6 +397,27 @@ def _sweep_main():
     return mod.main
 
 
+def test_attack_options_from_the_command_line_join_the_presets(tmp_path):
+    """--attack-option ATTACK:KEY=VALUE sets one config field (a Python literal), keeps the preset's
+    other options for that attack, and goes into the configuration (so a resumed run with other
+    options is refused as another configuration)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_script", REPO / "experiments" / "sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = mod.parse_args(["--preset", "smoke", "--attack-option", "hsja:gamma=2.0", "--attack-option",
+                           "hsja:init_num_evals=20", "--attack-option", "rays:chunk_steps=7"])
+    cfg = mod.build_config(args)
+    assert cfg.attack_options == {"hsja": {"init_num_evals": 20, "probe_batch": 10, "gamma": 2.0},
+                                  "rays": {"chunk_steps": 7}}
+    assert cfg.to_dict()["attack_options"]["hsja"]["gamma"] == 2.0
+    assert sweep.preset("smoke").attack_options == {"hsja": {"init_num_evals": 10, "probe_batch": 10}}
+    open_run_dir(tmp_path, cfg.to_dict())
+    with pytest.raises(InputError, match="attack_options"):
+        sweep.run_sweep(sweep.preset("smoke"), tmp_path, progress=False)
+
+
 @pytest.mark.parametrize("flags, named", [
     (["--sigmas", "-1"], "got -1.0"),
     (["--sigmas", "0"], "got 0.0"),
@@ -413,6 +434,10 @@ def _sweep_main():
     (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
     (["--attacks", "foo"], "unknown attack 'foo'"),
     (["--checkpoint", "foo"], "--checkpoint takes NAME=PATH, got 'foo'"),
+    (["--attack-option", "hsja"], "--attack-option takes ATTACK:KEY=VALUE, got 'hsja'"),
+    (["--attack-option", "psj:grid=512"], "attack options for 'psj', which the sweep does not run"),
+    (["--attack-option", "hsja:no_such_field=1"], "no_such_field"),
+    (["--attacks", "psj", "--attack-option", "psj:grid=1"], "grid must be an integer >= 2, got 1"),
     (["--checkpoint", "a=/nonexistent/w.ckpt"], "/nonexistent/w.ckpt"),
     (["--data", "npz:/nonexistent/d.npz"], "/nonexistent/d.npz"),
 ])

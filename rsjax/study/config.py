@@ -120,6 +120,11 @@ class SweepConfig:
         for a in self.attacks:
             if a not in ATTACKS:
                 raise InputError(f"unknown attack {a!r}; known: {', '.join(ATTACKS)}")
+        for a, opts in self.attack_options.items():
+            if a in self.attacks:  # (a preset's options for an attack left out of the run are unused)
+                from rsjax.attacks import get_attack
+
+                get_attack(a, **dict(opts))  # an unknown field or a bad value is named here, before any work
         from rsjax.memory import check_dtype
 
         check_dtype(self.dtype, "dtype")
