@@ -52,19 +52,10 @@ PAIRS = {"psj": "hsja", "rays_na": "rays", "surfree_na": "surfree"}
 
 def parse_overrides(items: list[str]) -> dict:
     """``["grid=1024", "opposite=0.0"]`` -> ``{"grid": 1024, "opposite": 0.0}`` (values read as
-    Python literals: numbers, True/False/None; anything else stays a string)."""
-    import ast
+    Python literals by :func:`rsjax.cli.common.parse_option`)."""
+    from rsjax.cli.common import parse_option
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()
-    return out
+    return dict(parse_option(item, "--set") for item in items)
 
 
 def exact_ray_distortion(x, x_adv, w, b, r, exact_l2, metric: str, t_max: float = 1e6,

@@ -124,20 +124,15 @@ def build_config(args: argparse.Namespace):
 
 def parse_attack_option(item: str) -> tuple[str, str, object]:
     """``"psj:max_probe_rms=0.5"`` -> ``("psj", "max_probe_rms", 0.5)`` (the value read as a Python
-    literal: numbers, True/False/None; anything else stays a string)."""
-    import ast
-
+    literal: :func:`rsjax.cli.common.parse_option`)."""
+    from rsjax.cli.common import parse_option
     from rsjax.errors import InputError
 
-    attack, sep1, rest = item.partition(":")
-    key, sep2, value = rest.partition("=")
-    if not (sep1 and sep2 and attack.strip() and key.strip()):
+    attack, sep, rest = item.partition(":")
+    if not (sep and attack.strip() and rest.partition("=")[0].strip() and "=" in rest):
         raise InputError(f"--attack-option takes ATTACK:KEY=VALUE, got {item!r}")
-    try:
-        parsed = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-        parsed = value.strip()
-    return attack.strip(), key.strip(), parsed
+    key, value = parse_option(rest)
+    return attack.strip(), key, value
 
 
 def _leave(code: int, spec) -> int:

@@ -46,7 +46,7 @@ def test_set_overrides_reach_only_the_noise_aware_attack(tmp_path, monkeypatch):
 
     assert parse_overrides(["grid=1024", "opposite=0.0", "p_c=None", "monotone=False"]) == {
         "grid": 1024, "opposite": 0.0, "p_c": None, "monotone": False}
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
+    with pytest.raises(InputError, match="--set takes KEY=VALUE, got 'grid'"):
         parse_overrides(["grid"])
     with pytest.raises(InputError, match="no_such_field"):  # refused before anything runs
         main(["--attacks", "psj", "--set", "no_such_field=1"])

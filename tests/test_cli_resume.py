@@ -252,6 +252,7 @@ def test_certify_refuses_logs_it_cannot_check(certify_ref, model, fmnist_dir, tm
     (["--criterion", "level", "--pa", "0.5", "--limit", "8"],
      ['criterion: "label" -> "level"', "p_a: null -> 0.5", "limit: 16 -> 8", "n_images: 16 -> 8"]),
     (["--batch-size", "8"], ["batch_size: 4 -> 8"]),
+    (["--option", "tolerance=0.01"], ["attack_options:", "0.001", "0.01"]),
 ])
 def test_attack_refuses_another_configuration(attack_ref, model, fmnist_dir, tmp_path, capsys, extra, differs):
     rec = _copy_run(attack_ref[0], tmp_path / "r.jsonl")
@@ -462,6 +463,9 @@ def test_verify_rows_equal_one_verification_per_level():
     (["--verify-pa", "1.5"], "--verify-pa"),
     (["--verify-pa", "0.5", "0.5"], "repeated"),
     (["--verify-pa", "0.5", "--verify-calls", "0"], "--verify-calls"),
+    (["--option", "tolerance"], "--option takes KEY=VALUE, got 'tolerance'"),
+    (["--option", "no_such_field=1"], "no_such_field"),
+    (["--option", "chunk_steps=0"], "chunk_steps must be an integer >= 1, got 0"),
 ])
 def test_attack_verify_bad_values(model, fmnist_dir, tmp_path, capsys, extra, message):
     assert main(_attack_argv(model, fmnist_dir, tmp_path / "x.jsonl", *extra)) == 2

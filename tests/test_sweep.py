@@ -435,6 +435,7 @@ def test_attack_options_from_the_command_line_join_the_presets(tmp_path):
     (["--attacks", "foo"], "unknown attack 'foo'"),
     (["--checkpoint", "foo"], "--checkpoint takes NAME=PATH, got 'foo'"),
     (["--attack-option", "hsja"], "--attack-option takes ATTACK:KEY=VALUE, got 'hsja'"),
+    (["--attack-option", "hsja:gamma"], "--attack-option takes ATTACK:KEY=VALUE, got 'hsja:gamma'"),
     (["--attack-option", "psj:grid=512"], "attack options for 'psj', which the sweep does not run"),
     (["--attack-option", "hsja:no_such_field=1"], "no_such_field"),
     (["--attacks", "psj", "--attack-option", "psj:grid=1"], "grid must be an integer >= 2, got 1"),

@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from rsjax.cli.common import (add_data_args, add_memory_args, apply_memory_args, check_writable, emit_json,
-                              load_data_for, log, run_config)
+                              load_data_for, log, parse_option, run_config)
 
 
 def register(subparsers) -> None:
@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--attack", required=True, choices=ATTACKS, help="attack to run")
     p.add_argument("--queries", type=int, required=True, metavar="Q", help="query budget per image")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="one config field of the attack (repeatable; a Python literal), e.g. max_probe_rms=0.5")
     g = p.add_argument_group("randomized smoothing (omit --sigma to attack the base classifier)")
     g.add_argument("--sigma", type=float, default=None, help="noise level sigma in [0,1] pixel units")
     g.add_argument("--n", type=int, default=None, help="noisy samples per query (votes)")
@@ -249,12 +251,12 @@ def attack(args: argparse.Namespace) -> dict:
     if args.limit is not None:
         check_int_at_least("--limit", args.limit, 1)
     out_path = check_writable(args.out) if args.out else None
+    atk = get_attack(args.attack, **dict(parse_option(o) for o in args.option))  # bad fields named before any work
     classifier = Classifier.from_checkpoint(args.checkpoint)
     build_oracle(args, classifier)  # checks the flags before the data is loaded
     data = load_data_for(args, classifier)
     if len(data) == 0:
         raise InputError(f"data {data.spec!r} has no images")
-    atk = get_attack(args.attack)
     chunk = 1024  # SmoothedOracle's default vote chunk
     classifier, chunk, args.batch_size, extra = apply_memory_args(
         args, classifier, data, chunk, sigmas=(args.sigma,), batch=args.batch_size,

@@ -33,6 +33,23 @@ def log(*parts: Any) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
+def parse_option(item: str, flag: str = "--option") -> tuple[str, Any]:
+    """``"max_probe_rms=0.5"`` -> ``("max_probe_rms", 0.5)``: one config field of an attack, its
+    value read as a Python literal (numbers, True/False/None; anything else stays a string).
+    InputError naming ``flag`` when ``item`` is not KEY=VALUE."""
+    import ast
+
+    from rsjax.errors import InputError
+
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"{flag} takes KEY=VALUE, got {item!r}")
+    try:
+        return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), value.strip()
+
+
 def add_data_args(p, default_limit=None) -> None:
     p.add_argument("--data", required=True, help="dataset spec: fashion-mnist[:train|test], npz:PATH, imagefolder:DIR")
     p.add_argument("--data-dir", default=None, help="directory of the Fashion-MNIST IDX files")
