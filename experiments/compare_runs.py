@@ -30,6 +30,8 @@ import numpy as np
 IMAGE_FIELDS = ("reference", "radius", "clean_level")
 #: record statuses of an attacked image: its output verified, or not ("unverified": inf)
 ATTACKED = ("attacked", "unverified")
+#: rsjax.intervals.verdict of the claim "B - A > 0", in this table's words
+VERDICTS = {"holds": "B higher", "reversed": "B lower", "undecided": "undecided"}
 
 
 class CompareError(ValueError):
@@ -37,17 +39,13 @@ class CompareError(ValueError):
 
 
 def _records(run: Path, attack: str) -> dict[tuple, dict]:
+    from rsjax.results import read_records
+
     path = run / "records.jsonl"
     if not path.exists():
         raise CompareError(f"{run} has no records.jsonl: not a sweep run directory")
-    out = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        if r.get("attack") == attack and r.get("criterion", "label") == "label" and r.get("status") in ATTACKED:
-            out[(r["model"], r["sigma"], r["n"], r["p_a"], r["image"])] = r
-    return out
+    return {(r["model"], r["sigma"], r["n"], r["p_a"], r["image"]): r for r in read_records(path)
+            if r.get("attack") == attack and r.get("criterion", "label") == "label" and r.get("status") in ATTACKED}
 
 
 def _verified(r: dict) -> float:
@@ -57,7 +55,7 @@ def _verified(r: dict) -> float:
 
 def compare(run_a: Path, run_b: Path, attack: str) -> list[dict]:
     """One row per setting (see the module docstring)."""
-    from rsjax.intervals import median_interval, paired_difference_interval
+    from rsjax.intervals import median_interval, paired_difference_interval, verdict
 
     run_a, run_b = Path(run_a), Path(run_b)
     ia, ib = run_a / "images.json", run_b / "images.json"
@@ -91,8 +89,7 @@ def compare(run_a: Path, run_b: Path, attack: str) -> list[dict]:
             diff = paired_difference_interval(yb, xb)
             row.update(median_ratio=ratio.estimate, median_ratio_low=ratio.low, median_ratio_high=ratio.high,
                        mean_a=float(xb.mean()), mean_b=float(yb.mean()), diff=diff.estimate, diff_low=diff.low,
-                       diff_high=diff.high,
-                       verdict="B lower" if diff.high < 0 else ("B higher" if diff.low > 0 else "undecided"))
+                       diff_high=diff.high, verdict=VERDICTS[verdict(diff)])
         rows.append(row)
     return rows
 

@@ -352,14 +352,23 @@ def _configs(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in paths]
 
 
+def _options(config: dict, attack: str) -> dict:
+    """The config fields one sweep configuration set for ``attack`` (empty: its defaults)."""
+    return (config.get("attack_options") or {}).get(attack) or {}
+
+
+def _merged_options(configs: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for c in configs:
+        for a in c.get("attack_options") or {}:
+            if _options(c, a):
+                out.setdefault(a, {}).update(_options(c, a))
+    return out
+
+
 def attack_options(folder: Path) -> dict[str, dict]:
     """Attack -> the config fields its sweep set (``--attack-option``; empty: the defaults)."""
-    out: dict[str, dict] = {}
-    for c in _configs(folder):
-        for a, o in (c.get("attack_options") or {}).items():
-            if o:
-                out.setdefault(a, {}).update(o)
-    return out
+    return _merged_options(_configs(folder))
 
 
 def _require_run(run: Path) -> None:
@@ -397,14 +406,14 @@ def merge_into(run: Path, dest: Path, attacks: set[str] | None = None, write: bo
         raise MergeError(f"{dest} has no records.jsonl: not a results folder (one holds a sweep's records.jsonl "
                          f"and floor.jsonl beside its tables)")
     _require_run(run)
-    if not _configs(dest) and attack_options(run):
-        raise MergeError(f"the run set attack options {attack_options(run)} and {dest} keeps no sweep_config*.json "
-                         f"to show it used the same")
-    for run_cfg in _configs(run):
-        for dest_cfg in _configs(dest):
+    run_cfgs, dest_cfgs = _configs(run), _configs(dest)
+    if not dest_cfgs and _merged_options(run_cfgs):
+        raise MergeError(f"the run set attack options {_merged_options(run_cfgs)} and {dest} keeps no "
+                         f"sweep_config*.json to show it used the same")
+    for run_cfg in run_cfgs:
+        for dest_cfg in dest_cfgs:
             for a in set(run_cfg.get("attacks", ())) & set(dest_cfg.get("attacks", ())):
-                r_opt = (run_cfg.get("attack_options") or {}).get(a) or {}
-                d_opt = (dest_cfg.get("attack_options") or {}).get(a) or {}
+                r_opt, d_opt = _options(run_cfg, a), _options(dest_cfg, a)
                 if r_opt != d_opt:
                     raise MergeError(f"{a}: the run set the options {r_opt}, {dest}'s sweep {d_opt}: another "
                                      f"attack (write it to its own folder)")
